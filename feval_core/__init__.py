@@ -1,0 +1,50 @@
+"""feval_core: the F-Eval engine (face quality, authenticity, identity and correspondence scores on 0-100).
+
+Heavy modules (torch, transformers) load lazily so ``import feval_core`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .dimensions import DIMENSIONS
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    FaceModelError,
+    FEvalError,
+    ImageInputError,
+    InputMismatchError,
+    ManifestError,
+)
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scorer import FEvalScorer, ScoreResult
+
+_LAZY = {"FEvalScorer": "scorer", "ScoreResult": "scorer", "FEvalConfig": "config"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'feval_core' has no attribute {name!r}")
+
+
+__all__ = [
+    "DIMENSIONS",
+    "FEvalScorer",
+    "ScoreResult",
+    "FEvalConfig",
+    "FEvalError",
+    "ImageInputError",
+    "InputMismatchError",
+    "ConfigError",
+    "CheckpointError",
+    "FaceModelError",
+    "ManifestError",
+    "__version__",
+]
