@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["TINY_PACK_NAME", "write_tiny_face_pack", "draw_tiny_face"]
+__all__ = ["TINY_PACK_NAME", "draw_tiny_face", "write_tiny_face_pack"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _detector_anchor(g: _GraphBuilder, bright: str, side: int, step: int) -> tup
     the ring is empty, the bright pixels fill their measured box, the box is not tiny for this scale and
     not much longer than 2:1.
     """
-    n = int(math.ceil(_OUTER * side / _CELL)) + 1
+    n = math.ceil(_OUTER * side / _CELL) + 1
     x = _cell_centers(n)
     inner, outer = _window_taps(n, _INNER * side), _window_taps(n, _OUTER * side)
     h_taps = [inner, x * inner, x * x * inner, inner, inner, outer]
@@ -158,6 +158,7 @@ def _detector_anchor(g: _GraphBuilder, bright: str, side: int, step: int) -> tup
     fill = g.op("Div", [channel(0), box_area])
     size = g.op("Div", [box_area, g.const(float(side * side))])
     aspect = g.op("Div", [g.op("Min", [w, h]), g.op("Max", [w, h])])
+
     # each test is scaled to 0 at its limit and 1 at a comfortable value; the score is capped at sigmoid(gain)
     # so that every anchor that sees the whole face ties, rather than clipped views winning on some test
     def test(value: str, limit: float, comfortable: float) -> str:
@@ -270,12 +271,12 @@ def draw_tiny_face(
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"draw_tiny_face needs an HxWx3 uint8 RGB array; got shape {array.shape}, dtype {array.dtype}")
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     if x2 <= x1 or y2 <= y1:
         raise ValueError(f"box must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1; got {box}")
     out = array.copy()
     height, width = out.shape[:2]
-    pad = int(round(margin * max(x2 - x1, y2 - y1)))
+    pad = round(margin * max(x2 - x1, y2 - y1))
     out[max(0, y1 - pad) : max(0, y2 + pad), max(0, x1 - pad) : max(0, x2 + pad)] = _SURROUND_COLOR
     colors = np.random.default_rng(seed).integers(*_FACE_COLOR_RANGE, size=(_GRID, _GRID, 3), dtype=np.uint8)
     rows = ((np.arange(y1, y2) - y1) * _GRID) // (y2 - y1)

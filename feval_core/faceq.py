@@ -278,7 +278,7 @@ def _read_delimited(path: Path, rel: str) -> list[tuple[int, list[Any]]]:
         counts = {len(r) for r in csv.reader(sample, delimiter=delim)}
         if len(counts) == 1 and counts.pop() > 1:
             return [(i, [c.strip() for c in cells])
-                    for (i, _), cells in zip(lines, csv.reader([t for _, t in lines], delimiter=delim))]
+                    for (i, _), cells in zip(lines, csv.reader([t for _, t in lines], delimiter=delim), strict=False)]
     counts = {len(line.split()) for line in sample}
     if len(counts) == 1 and counts.pop() > 1:
         return [(i, line.split()) for i, line in lines]
@@ -604,7 +604,11 @@ class _Builder:
 
 _SCALE_TEXT = {"0-5": "x*20", "1-5": "(x-1)*25", "0-1": "x*100", "0-100": "no change"}
 _SCALE_FN: dict[str, Callable[[float], float]] = {
-    "0-100": lambda x: x, "0-5": lambda x: x * 20.0, "1-5": lambda x: (x - 1.0) * 25.0, "0-1": lambda x: x * 100.0}
+    "0-100": lambda x: x,
+    "0-5": lambda x: round(x * 20.0, 6),  # round away float noise: (4.1 - 1) * 25 -> 77.5, not 77.49999999999999
+    "1-5": lambda x: round((x - 1.0) * 25.0, 6),
+    "0-1": lambda x: round(x * 100.0, 6),
+}
 
 
 def _tokens(name: str) -> list[str]:

@@ -26,8 +26,8 @@ from .errors import FaceModelError, ImageInputError
 __all__ = [
     "DEFAULT_FACE_PACK",
     "DEFAULT_FACE_ROOT",
-    "FaceInfo",
     "FaceEncoder",
+    "FaceInfo",
     "arcface_identity_score",
     "select_providers",
 ]

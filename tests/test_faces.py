@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from feval_core.errors import FaceModelError, ImageInputError
-from feval_core.faces import FaceEncoder, FaceInfo, arcface_identity_score, select_providers
 from feval_core.facepack import TINY_PACK_NAME, draw_tiny_face, write_tiny_face_pack
+from feval_core.faces import FaceEncoder, FaceInfo, arcface_identity_score, select_providers
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +57,12 @@ def test_tiny_pack_routes_like_a_real_pack(face_root: Path) -> None:
     pack_dir = face_root / "models" / TINY_PACK_NAME
     assert sorted(p.name for p in pack_dir.iterdir()) == ["det_tiny.onnx", "rec_tiny.onnx"]
     assert all(p.stat().st_size < 1_000_000 for p in pack_dir.iterdir())
-    app = FaceAnalysis(name=TINY_PACK_NAME, root=str(face_root), allowed_modules=["detection", "recognition"],
-                       providers=["CPUExecutionProvider"])
+    app = FaceAnalysis(
+        name=TINY_PACK_NAME,
+        root=str(face_root),
+        allowed_modules=["detection", "recognition"],
+        providers=["CPUExecutionProvider"],
+    )
     assert set(app.models) == {"detection", "recognition"}
     det, rec = app.models["detection"], app.models["recognition"]
     assert type(det).__name__ == "SCRFD" and type(rec).__name__ == "ArcFaceONNX"
@@ -159,8 +163,9 @@ def test_missing_pack_says_where_it_looked(tmp_path: Path, no_download: None) ->
         FaceEncoder("empty", root=tmp_path)
 
 
-def test_default_root_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 no_download: None) -> None:
+def test_default_root_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_download: None
+) -> None:
     monkeypatch.setenv("FEVAL_FACE_ROOT", str(tmp_path / "faces"))
     with pytest.raises(FaceModelError, match=str(tmp_path / "faces" / "models" / "antelopev2")):
         FaceEncoder("antelopev2")
@@ -188,8 +193,9 @@ def test_broken_packs_raise_face_model_error(tmp_path: Path, face_root: Path, no
         FaceEncoder("corrupt", root=tmp_path)
 
 
-def test_cuda_without_cuda_provider_falls_back_to_cpu(face_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_cuda_without_cuda_provider_falls_back_to_cpu(
+    face_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
@@ -200,8 +206,9 @@ def test_cuda_without_cuda_provider_falls_back_to_cpu(face_root: Path, monkeypat
     assert enc.providers == ["CPUExecutionProvider"]
     assert enc.analyze(draw_tiny_face(canvas(), (100, 100, 200, 200))).num_faces == 1
 
-    monkeypatch.setattr(onnxruntime, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     assert select_providers("cuda:1") == ([("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"], 1)
     assert select_providers("CPU") == (["CPUExecutionProvider"], -1)
     assert select_providers("mps") == (["CPUExecutionProvider"], -1)
