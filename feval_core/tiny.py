@@ -222,6 +222,26 @@ def make_tiny_checkpoint(out_dir: str | Path, *, family: str = "qwen2_5_vl", see
         for p in model.heads.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     FEvalScorer(model, None, source=out.resolve()).save_pretrained(out)
-    (out / "README.md").write_text(f"# tiny feval checkpoint ({family})\n\n{TINY_NOTICE}\n")
+    write_samples(out / "samples", seed=seed)
+    (out / "README.md").write_text(f"# tiny feval checkpoint ({family})\n\n{TINY_NOTICE}\n\n"
+                                   "`samples/` holds images the tiny face pack detects, for smoke runs.\n")
     logger.warning(TINY_NOTICE)
+    return out
+
+
+def write_samples(folder: str | Path, *, seed: int = 0, size: int = 128) -> Path:
+    """Write a few images for smoke runs: two 'faces' the tiny pack detects, a reference, and one without."""
+    import numpy as np
+    from PIL import Image
+
+    from .facepack import draw_tiny_face
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    dark = np.full((size, size, 3), 20, dtype=np.uint8)
+    q = size // 4
+    Image.fromarray(draw_tiny_face(dark, (q, q, 3 * q, 3 * q), seed=seed)).save(out / "face_a.png")
+    Image.fromarray(draw_tiny_face(dark, (q, q, 3 * q, 3 * q), seed=seed + 1)).save(out / "face_b.png")
+    Image.fromarray(draw_tiny_face(dark, (8, 16, 8 + 2 * q, 16 + 2 * q), seed=seed)).save(out / "reference.png")
+    Image.fromarray(dark).save(out / "no_face.png")
     return out
