@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .backbone import FACE_TOKEN, add_face_token, load_backbone, load_processor, rating_token_ids
-from .config import ADAPTERS_DIR, FEvalConfig
+from .config import FEvalConfig
 from .dimensions import ANSWER_PREFIX, DIM_INDEX, DIMENSIONS, EVAL_PROMPTS, LEVEL_VALUES, LEVEL_WORDS
 from .modules import FEvalHeads
 
@@ -343,5 +343,3 @@ def save_experts(backbone: nn.Module, folder: Path) -> None:
     missing = [n for n in names if not (folder / n / "adapter_model.safetensors").is_file()]
     if missing:
         raise RuntimeError(f"PEFT did not write experts {missing} under {folder}")
-    # keep the adapter folders self-contained; PEFT writes the base model path into each config
-    ADAPTERS_DIR  # noqa: B018  (documented layout: <checkpoint>/adapters/<dim>/)
