@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
@@ -20,6 +19,8 @@ _EXTERNAL: dict[str, tuple[str, str]] = {
     "train": ("feval_core.train_cli", "fine-tune projector, LoRA experts, router and heads on opinion scores"),
     "eval": ("feval_core.eval_cli", "SRCC / KRCC / PLCC per task and dimension, like the paper's tables"),
     "bench": ("feval_core.bench_cli", "F-Bench: leaderboard of generators per dimension, with a radar chart"),
+    "import-faceq": ("feval_core.data_cli", "turn a FaceQ download (images/ + MOSs/) into a manifest"),
+    "split": ("feval_core.data_cli", "split a manifest into train/val/test, reproducibly, optionally by model"),
 }
 
 
@@ -37,6 +38,8 @@ def _add_score(sub: Any) -> None:
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     p.add_argument("--face-root", help="insightface root folder holding models/<pack>")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the backbone's own code (off by default)")
+    p.add_argument("--workers", type=int, help="threads that decode images and detect faces ahead of the model "
+                   "(default: up to 4; 0: none)")
     p.set_defaults(func=cmd_score)
 
 
@@ -57,12 +60,8 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
     from .images import expand_inputs
-    from .results import ResultsWriter
-    from .scorer import FEvalScorer
+    from .results import ResultsWriter, json_line
 
     items = expand_inputs(args.inputs, recursive=args.recursive)
     seen: set[str] = set()
@@ -76,36 +75,82 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not unique:
         logger.error("no images found in %s (looked for common image extensions)", " ".join(args.inputs))
         return EXIT_USAGE
+    from .distributed import launched_processes
+
+    if launched_processes() > 1:
+        return _score_sharded(args, unique)
     writer = ResultsWriter(args.out) if args.out else None
     todo = [it for it in unique if writer is None or it.name not in writer.done]
     if writer is not None and len(todo) < len(unique):
         logger.info("resuming: %d of %d images already in %s", len(unique) - len(todo), len(unique), args.out)
     failed = 0
     if todo:
-        dtype = getattr(torch, args.dtype) if args.dtype else None
-        scorer = FEvalScorer.from_pretrained(args.model, device=args.device, dtype=dtype, face_root=args.face_root,
-                                             trust_remote_code=args.trust_remote_code)
-        with tqdm(total=len(todo), unit="img", desc="scoring", disable=None) as bar:
-            for part in scorer.iter_scores(None, args.prompt, args.ref, args.dims, batch_size=args.batch_size,
-                                           items=todo):
-                records = part.to_records()
-                if writer is not None:
-                    writer.write(records)
-                else:
-                    failed += sum(1 for r in records if r["error"] is not None)
-                    for r in records:
-                        sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
-                    sys.stdout.flush()
-                bar.update(len(records))
+        def emit(records: list[dict[str, Any]]) -> None:
+            nonlocal failed
+            if writer is not None:
+                writer.write(records)
+            else:
+                failed += sum(1 for r in records if r["error"] is not None)
+                for r in records:
+                    sys.stdout.write(json_line(r))
+                sys.stdout.flush()
+
+        _score_items(args, todo, emit, args.device)
     if writer is not None:
         writer.close()
-        from .results import read_results
-
-        rows = {r["image"]: r for r in read_results(args.out)}
-        failed = sum(1 for it in unique if rows.get(it.name, {}).get("error") is not None)
+        failed = _count_failed(args.out, unique)
     if failed:
         logger.error("%d of %d inputs could not be scored (see their 'error' fields)", failed, len(unique))
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _score_items(args: argparse.Namespace, todo: list[Any], emit: Callable[[list[dict[str, Any]]], None],
+                 device: str | None) -> None:
+    """Load the scorer and stream the rows of ``todo`` to ``emit``, one chunk at a time."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .scorer import FEvalScorer
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    scorer = FEvalScorer.from_pretrained(args.model, device=device, dtype=dtype, face_root=args.face_root,
+                                         trust_remote_code=args.trust_remote_code)
+    scorer.workers = getattr(args, "workers", None)
+    with tqdm(total=len(todo), unit="img", desc="scoring", disable=None) as bar:
+        for part in scorer.iter_scores(None, args.prompt, args.ref, args.dims, batch_size=args.batch_size,
+                                       items=todo):
+            records = part.to_records()
+            emit(records)
+            bar.update(len(records))
+
+
+def _count_failed(out: str, unique: list[Any]) -> int:
+    from .results import read_results
+
+    names = {it.name for it in unique}
+    return sum(1 for r in read_results(out) if r["image"] in names and r.get("error") is not None)
+
+
+def _score_sharded(args: argparse.Namespace, unique: list[Any]) -> int:
+    """``accelerate launch ... feval score``: each process scores its share; the main process merges."""
+    from .distributed import ShardedRun
+
+    if not args.out:
+        logger.error("under accelerate launch, feval score needs --out: the processes write their rows to part "
+                     "files that are merged into it")
+        return EXIT_USAGE
+    run = ShardedRun(args.out, cpu=str(args.device or "").startswith("cpu"))
+    mine = run.plan(unique, args.batch_size)
+    if mine:
+        with run.writer() as writer:
+            _score_items(args, mine, writer.write, run.device(args.device))
+    missing = run.finish([it.name for it in unique])
+    if not run.is_main:
+        return EXIT_OK
+    failed = _count_failed(args.out, unique)
+    if failed:
+        logger.error("%d of %d inputs could not be scored (see their 'error' fields)", failed, len(unique))
+    return EXIT_SOME_FAILED if failed or missing else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -148,6 +148,13 @@ def _to_rgb_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
     return array[..., :3]
 
 
+def _thinner_than_a_pixel(height: int, width: int, det_size: tuple[int, int]) -> bool:
+    """Whether the detector's fit-into-``det_size`` resize would make a side 0 px (as insightface computes it)."""
+    im_ratio, model_ratio = height / width, det_size[1] / det_size[0]
+    short = int(det_size[1] / im_ratio) if im_ratio > model_ratio else int(det_size[0] * im_ratio)
+    return short < 1
+
+
 class FaceEncoder:
     """insightface detector + ArcFace recognizer, loaded from a local pack only.
 
@@ -220,6 +227,8 @@ class FaceEncoder:
         from insightface.utils import face_align
 
         rgb = _to_rgb_uint8(image)
+        if _thinner_than_a_pixel(rgb.shape[0], rgb.shape[1], self.det_size):
+            return FaceInfo.empty()  # e.g. 4000x1: no face fits, and the detector's resize would fail
         bgr = np.ascontiguousarray(rgb[..., ::-1])  # insightface works in OpenCV's BGR order
         with self._lock, warnings.catch_warnings():
             # insightface 2.1 calls a scikit-image API that warns about its own deprecation on every face

@@ -40,6 +40,9 @@ MIN_SIDE = 1
 MAX_SIDE = 32_768
 """Largest width or height accepted, whatever ``max_pixels`` says."""
 
+MAX_ASPECT = 200
+"""Longest/shortest side ratio given to a VLM; :func:`pad_to_aspect` pads beyond it (Qwen2-VL refuses > 200)."""
+
 FLOAT_TOLERANCE = 1e-3
 """Float pixels may stray this far outside [0, 1] (rounding noise) before they are refused."""
 
@@ -174,6 +177,22 @@ def load_image(item_or_source: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     raise ImageInputError(_unsupported_type(source, name))
 
 
+def pad_to_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """Pad an extremely elongated image with black, centred, to ``max_aspect``:1; others are returned as is.
+
+    Vision-language processors refuse or mangle strips such as 4000x1 (Qwen2-VL raises above 200:1);
+    padding keeps every pixel and lets such an input score like any other.
+    """
+    w, h = image.size
+    if max(w, h) <= max_aspect * min(w, h):
+        return image
+    new_w, new_h = (w, -(-w // int(max_aspect))) if w > h else (-(-h // int(max_aspect)), h)
+    logger.debug("padding a %dx%d image to %dx%d (aspect ratio limit %s:1)", w, h, new_w, new_h, max_aspect)
+    canvas = Image.new(image.mode, (new_w, new_h))
+    canvas.paste(image, ((new_w - w) // 2, (new_h - h) // 2))
+    return canvas
+
+
 def to_rgb_array(item_or_source: Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """:func:`load_image` as a ``uint8`` numpy array of shape ``[H, W, 3]``."""
     return np.asarray(load_image(item_or_source, max_pixels=max_pixels))
@@ -222,7 +241,7 @@ def _load_file(path: str | bytes, name: str, max_pixels: int) -> Image.Image:
     except PermissionError as err:
         raise ImageInputError(f"{name}: cannot read the file: {err.strerror}") from err
     except Exception as err:  # Pillow raises many types on corrupt data
-        reason = "truncated" if "truncated" in str(err) else "corrupt image data"
+        reason = "truncated" if "truncated" in str(err).lower() else "corrupt image data"
         raise ImageInputError(
             f"{name}: {reason} ({type(err).__name__}: {err}); re-export or re-download the file"
         ) from err
@@ -253,7 +272,7 @@ def _load_pil(im: Image.Image, name: str, max_pixels: int) -> Image.Image:
         _load_strict(im)  # a PIL image opened lazily from a file may not be decoded yet
         oriented = ImageOps.exif_transpose(im)
     except Exception as err:  # Pillow raises many types on corrupt data
-        reason = "truncated" if "truncated" in str(err) else "corrupt image data"
+        reason = "truncated" if "truncated" in str(err).lower() else "corrupt image data"
         raise ImageInputError(f"{name}: {reason} ({type(err).__name__}: {err})") from err
     return _to_rgb(oriented, name)
 

@@ -12,6 +12,21 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """One strict-JSON line (with its newline) that always encodes to UTF-8.
+
+    Non-ASCII text is kept as is, except where a value holds lone surrogates (file names that are not
+    valid UTF-8 on Linux decode to them): that line is written with ``\\uXXXX`` escapes, which read back
+    to the same Python string, so resuming still matches the name.
+    """
+    text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record, ensure_ascii=True, allow_nan=False)
+    return text + "\n"
+
+
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Complete rows of a results file (a torn last line is ignored)."""
     path = Path(path)
@@ -61,7 +76,7 @@ class ResultsWriter:
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         records = list(records)
-        lines = [json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records]
+        lines = [json_line(r) for r in records]
         if not lines:
             return
         os.write(self._fd, "".join(lines).encode("utf-8"))

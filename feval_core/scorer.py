@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import shutil
@@ -18,8 +19,9 @@ from .checkpoint import resolve_checkpoint, scan_for_pickles
 from .config import ADAPTERS_DIR, PROJECTORS_NAME, FEvalConfig
 from .dimensions import DIM_INDEX, DIMENSIONS, NEEDS_PROMPT, NEEDS_REF, parse_dims
 from .errors import FaceModelError, ImageInputError
-from .images import ImageItem, broadcast, expand_inputs, load_image
+from .images import ImageItem, broadcast, expand_inputs, load_image, pad_to_aspect
 from .model import FEvalModel, Row
+from .pipeline import DEFAULT_AHEAD, ObjectPool, Prefetcher, PrefetchStats, chunked, default_workers
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,18 @@ class ScoreResult:
             [w for p in parts for w in p.warnings], parts[0].dims)
 
 
+@dataclass
+class _Ready:
+    """One input after the CPU-side work (decoding, face detection, image processor), ready for the model."""
+
+    index: int
+    name: str
+    image: Any = None
+    error: str | None = None
+    info: Any = None  # FaceInfo, or None without a face encoder
+    pixels: Any = None  # PreparedImage for the fast path
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -81,6 +95,14 @@ class FEvalScorer:
         self.face_encoder = face_encoder
         self.source = source
         self._lock = threading.RLock()
+        # speed settings (see iter_scores); the defaults are the fast path
+        self.share_vision = True  # one vision-tower run per image for all its dimensions, when the experts allow it
+        self.bucket = True  # LLM passes over rows of similar length instead of one pass padded to the longest
+        self.workers: int | None = None  # prefetch threads; None: up to 4 (none for a single image); 0: none
+        self.prefetch = DEFAULT_AHEAD  # chunks prepared ahead of the model
+        self.max_batch_tokens: int | None = None  # cap on padded tokens per LLM pass (bounds activation memory)
+        self.last_prefetch: PrefetchStats | None = None  # what the latest iteration's prefetcher did
+        self._processors = ObjectPool(lambda: copy.deepcopy(self.model.processor))  # one per worker thread
 
     # -- loading / saving ---------------------------------------------------------------------
     @classmethod
@@ -93,9 +115,14 @@ class FEvalScorer:
         face_root: str | Path | None = None,
         trust_remote_code: bool = False,
         attn_implementation: str | None = "sdpa",
+        face_device: str | torch.device | None = None,
         **hub_kwargs: Any,
     ) -> FEvalScorer:
-        """Load a feval checkpoint (folder or hub id) or, given a plain VLM, its zero-shot scorer."""
+        """Load a feval checkpoint (folder or hub id) or, given a plain VLM, its zero-shot scorer.
+
+        ``face_device`` runs face detection elsewhere than the model (default: ``device``), e.g. on the GPU
+        while the model waits on the CPU until a host such as ComfyUI moves it.
+        """
         device = str(device or default_device())
         dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
         folder, config = resolve_checkpoint(path_or_id, **hub_kwargs)
@@ -118,12 +145,15 @@ class FEvalScorer:
         model = FEvalModel.build(config, base_dir=folder, device=device, dtype=dtype, heads_state=heads_state,
                                  adapters_dir=adapters, attn_implementation=attn_implementation,
                                  hub_kwargs=hub_kwargs)
-        faces = _load_face_encoder(config, folder, device, face_root)
+        if dtype in (torch.bfloat16, torch.float16):
+            model.cast_experts(dtype)  # scoring only: experts in the model's precision, no fp32 round trips
+        faces = _load_face_encoder(config, folder, str(face_device or device), face_root)
         return cls(model, faces, source=folder)
 
     @classmethod
     def zero_shot(cls, base_model: str, *, face_pack: str = "buffalo_l", face_root: str | Path | None = None,
-                  device: str | None = None, dtype: torch.dtype | None = None, **kwargs: Any) -> FEvalScorer:
+                  device: str | None = None, dtype: torch.dtype | None = None,
+                  face_device: str | torch.device | None = None, **kwargs: Any) -> FEvalScorer:
         """A scorer from a public base VLM alone: rating words + ArcFace cosine for identity."""
         from .config import FaceEncoderConfig
 
@@ -132,7 +162,7 @@ class FEvalScorer:
         config = FEvalConfig(base_model=base_model, mode="zero_shot", score_mode="levels",
                              face=FaceEncoderConfig(pack=face_pack))
         model = FEvalModel.build(config, device=device, dtype=dtype, **kwargs)
-        return cls(model, _load_face_encoder(config, None, device, face_root), source=None)
+        return cls(model, _load_face_encoder(config, None, str(face_device or device), face_root), source=None)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``feval_config.json``, ``projectors.safetensors`` and ``adapters/<dim>/``.
@@ -172,7 +202,11 @@ class FEvalScorer:
 
     def iter_scores(self, images: Any, prompts: Any = None, refs: Any = None, dims: Any = None, *,
                     batch_size: int = 8, items: list[ImageItem] | None = None) -> Iterator[ScoreResult]:
-        """Like :meth:`score`, one :class:`ScoreResult` per chunk of ``batch_size`` images (for streaming)."""
+        """Like :meth:`score`, one :class:`ScoreResult` per chunk of ``batch_size`` images (for streaming).
+
+        Worker threads (:attr:`workers`) decode images, detect faces and run the image processor up to
+        :attr:`prefetch` chunks ahead of the model, so only a bounded window of images is ever in memory.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         items = items if items is not None else expand_inputs(images)
@@ -181,26 +215,39 @@ class FEvalScorer:
         ref_list = _broadcast_refs(refs, n)
         wanted = tuple(d for d in parse_dims(dims) if d in self.config.dims)
         ref_cache: dict[int, tuple[Any, Any, str | None]] = {}
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            yield self._score_chunk(items[start:stop], prompt_list[start:stop], ref_list[start:stop], wanted, ref_cache)
+        ref_prepared: dict[int, Any] = {}  # id(reference image) -> PreparedImage, kept for the whole run
+        fast = self.share_vision and self.model.can_share_vision
+        workers = self.workers if self.workers is not None else (0 if n <= 1 else default_workers())
 
-    def _score_chunk(self, items: list[ImageItem], prompts: list[Any], refs: list[Any], dims: tuple[str, ...],
-                     ref_cache: dict[int, tuple[Any, Any, str | None]]) -> ScoreResult:
-        n = len(items)
+        def prepare(index: int, processor: Any) -> _Ready:
+            item = items[index]
+            try:
+                image = pad_to_aspect(load_image(item))
+            except ImageInputError as exc:
+                return _Ready(index, item.name, error=str(exc))
+            info = self.face_encoder.analyze(image) if self.face_encoder is not None else None
+            pixels = self.model.prepare_image(image, processor) if fast else None
+            return _Ready(index, item.name, image, None, info, pixels)
+
+        prefetcher = Prefetcher(chunked(range(n), batch_size), prepare, workers=workers, ahead=self.prefetch,
+                                make_state=self._processors.acquire, release_state=self._processors.release)
+        self.last_prefetch = prefetcher.stats
+        for ready in prefetcher:
+            idx = [r.index for r in ready]
+            yield self._score_chunk(ready, [prompt_list[i] for i in idx], [ref_list[i] for i in idx], wanted,
+                                    ref_cache, ref_prepared)
+
+    def _score_chunk(self, ready: list[_Ready], prompts: list[Any], refs: list[Any], dims: tuple[str, ...],
+                     ref_cache: dict[int, tuple[Any, Any, str | None]], ref_prepared: dict[int, Any]) -> ScoreResult:
+        n = len(ready)
         scores = torch.full((n, len(DIMENSIONS)), float("nan"), dtype=torch.float32)
-        errors: list[str | None] = [None] * n
+        errors: list[str | None] = [r.error for r in ready]
         warnings: list[list[str]] = [[] for _ in range(n)]
         faces_count: list[int | None] = [None] * n
-        images: list[Any] = [None] * n
-        for i, item in enumerate(items):
-            try:
-                images[i] = load_image(item)
-            except ImageInputError as exc:
-                errors[i] = str(exc)
+        images: list[Any] = [r.image for r in ready]
         ok = [i for i in range(n) if images[i] is not None]
         with self._lock, torch.inference_mode():
-            infos = self._analyze([images[i] for i in ok])
+            infos = [ready[i].info for i in ok]
             face_of: dict[int, Any] = {}
             for i, info in zip(ok, infos):
                 face_of[i] = info
@@ -231,15 +278,23 @@ class FEvalScorer:
                         if not self.model.trained:
                             scores[i, DIM_INDEX[d]] = self._arcface_identity(emb, ref_info, warnings[i])
                             continue
+                        if ref_info is not None and ref_face is None:
+                            warnings[i].append("no face detected in the reference image; identity scored with "
+                                               "empty face tokens")
                     rows.append(Row(images[i], d, prompt=prompt, ref=ref_img, face=emb, ref_face=ref_face))
                     where.append((i, DIM_INDEX[d]))
             if rows:
-                batch = self.model.collate(rows).to(self.device)
-                out = self.model(batch)
+                prepared = dict(ref_prepared)
+                prepared.update({id(r.image): r.pixels for r in ready if r.pixels is not None})
+                out = self.model.score_rows(rows, prepared, share_vision=self.share_vision, bucket=self.bucket,
+                                            max_batch_tokens=self.max_batch_tokens)
+                for row in rows:
+                    if row.ref is not None and id(row.ref) in prepared:
+                        ref_prepared[id(row.ref)] = prepared[id(row.ref)]
                 vals = self.model.scores(out).float().cpu()
                 for (i, j), v in zip(where, vals.tolist()):
                     scores[i, j] = v
-        names = [it.name for it in items]
+        names = [r.name for r in ready]
         return ScoreResult(scores, names, faces_count, errors, warnings, dims)
 
     # -- faces --------------------------------------------------------------------------------
@@ -252,7 +307,7 @@ class FEvalScorer:
         key = id(ref) if not isinstance(ref, (str, Path)) else hash(str(ref))
         if key not in cache:
             try:
-                img = load_image(ref)
+                img = pad_to_aspect(load_image(ref))
             except ImageInputError as exc:
                 cache[key] = (None, None, f"reference unusable: {exc}")
             else:
@@ -292,6 +347,9 @@ def _clean_prompt(prompt: Any, tokenizer: Any, warns: list[str]) -> str | None:
     prompt = " ".join(prompt.split())
     if not prompt:
         return None
+    if not prompt.isascii() and prompt != (fixed := prompt.encode("utf-8", "replace").decode("utf-8")):
+        prompt = fixed  # lone surrogates (e.g. undecodable bytes in argv) cannot be tokenized
+        warns.append("prompt held characters that are not valid Unicode; they were replaced by '?'")
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if len(ids) > MAX_PROMPT_TOKENS:
         prompt = tokenizer.decode(ids[:MAX_PROMPT_TOKENS])

@@ -1,0 +1,146 @@
+"""Where the pack's models live in ComfyUI: the ``feval`` and ``insightface`` model folders.
+
+Checkpoints are folders (``models/feval/<name>/feval_config.json``, or a plain VLM folder with
+``config.json`` for zero-shot scoring); face packs are ``models/insightface/models/<pack>/*.onnx``, the
+layout other face packs for ComfyUI use. Both folders can be moved with ComfyUI's
+``extra_model_paths.yaml`` (keys ``feval:`` and ``insightface:``). A name that comes from a graph is
+looked up through ``folder_paths`` and must stay inside those folders once symlinks are resolved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import folder_paths
+
+from feval_core.config import CONFIG_NAME
+
+logger = logging.getLogger(__name__)
+
+FEVAL_FOLDER = "feval"
+FACE_FOLDER = "insightface"
+HUB_CACHE = "hub-cache"
+NO_CHECKPOINT = "(no checkpoints in models/feval)"
+AUTO_PACK = "auto"
+DEFAULT_ZERO_SHOT_PACK = "buffalo_l"
+_VLM_CONFIG = "config.json"
+_PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def register_folders() -> None:
+    """Add ``models/feval`` and ``models/insightface`` to ComfyUI's model folders (idempotent)."""
+    for name in (FEVAL_FOLDER, FACE_FOLDER):
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+
+
+def _roots(folder: str) -> list[Path]:
+    register_folders()
+    return [Path(p) for p in folder_paths.get_folder_paths(folder)]
+
+
+def feval_roots() -> list[Path]:
+    """The folders that hold feval checkpoints, in lookup order."""
+    return _roots(FEVAL_FOLDER)
+
+
+def face_roots() -> list[Path]:
+    """The insightface roots (each holds ``models/<pack>/``), in lookup order."""
+    return _roots(FACE_FOLDER)
+
+
+def hub_cache_dir() -> Path:
+    """Where hub downloads go: ``models/feval/hub-cache`` (never a hidden cache elsewhere)."""
+    return feval_roots()[0] / HUB_CACHE
+
+
+def _is_cache_path(rel: str) -> bool:
+    parts = PurePosixPath(rel.replace("\\", "/")).parts
+    return bool(parts) and (parts[0] == HUB_CACHE or any(p.startswith("models--") for p in parts))
+
+
+def list_checkpoints() -> list[str]:
+    """Checkpoint folders (relative names) found in the feval model folders; a placeholder when none."""
+    register_folders()
+    files = [f for f in folder_paths.get_filename_list(FEVAL_FOLDER) if not _is_cache_path(f)]
+    ckpts = sorted({os.path.dirname(f) for f in files if os.path.basename(f) == CONFIG_NAME} - {""})
+    inside = tuple(c + os.sep for c in ckpts)
+    vlms = sorted({os.path.dirname(f) for f in files if os.path.basename(f) == _VLM_CONFIG} - {""} - set(ckpts))
+    vlms = [v for v in vlms if not (v + os.sep).startswith(inside)]
+    return ckpts + vlms or [NO_CHECKPOINT]
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    real = path.resolve()
+    return any(real.is_relative_to(r.resolve()) for r in roots)
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """The folder of checkpoint ``name`` (a name from :func:`list_checkpoints`), resolved and checked.
+
+    Raises ValueError for a path instead of a name (absolute, drive letter, ``..``), FileNotFoundError
+    when no such checkpoint exists, PermissionError when it resolves outside the feval folders.
+    """
+    roots = feval_roots()
+    where = ", ".join(str(r) for r in roots)
+    if not name or name == NO_CHECKPOINT:
+        raise FileNotFoundError(f"no feval checkpoint selected: put a checkpoint folder (with {CONFIG_NAME}) "
+                                f"or a base VLM folder into {where} and refresh, or use source 'hub id'")
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
+        raise ValueError(f"checkpoint {name!r} must be the name of a folder inside {where}, not a path")
+    for marker in (CONFIG_NAME, _VLM_CONFIG):
+        try:
+            found = Path(folder_paths.get_full_path_or_raise(FEVAL_FOLDER, f"{name}/{marker}"))
+        except FileNotFoundError:
+            continue
+        if not (_inside(found.parent, roots) and _inside(found, roots)):
+            raise PermissionError(
+                f"checkpoint {name!r} resolves to {found.resolve().parent}, outside the feval model folders "
+                f"({where}); a link may not lead out of them. Add its real location to extra_model_paths.yaml "
+                "under 'feval:' instead.")
+        return found.parent.resolve()
+    raise FileNotFoundError(f"no checkpoint {name!r} in {where}: expected a folder with {CONFIG_NAME} "
+                            f"(a feval checkpoint) or {_VLM_CONFIG} (a base VLM for zero-shot scoring)")
+
+
+def check_hub_id(repo_id: str) -> str:
+    """``repo_id`` if it looks like a hub id ``org/name``; local paths are refused (use the models folder)."""
+    repo_id = (repo_id or "").strip()
+    if not _HUB_ID.match(repo_id) or ".." in repo_id:
+        raise ValueError(f"hub_id must be a Hugging Face id like 'Qwen/Qwen2.5-VL-7B-Instruct', got {repo_id!r}; "
+                         "for a local folder put it into models/feval and use source 'models folder'")
+    return repo_id
+
+
+def list_face_packs() -> list[str]:
+    """insightface packs (folders with .onnx files) under ``<root>/models/`` of every insightface root."""
+    packs: set[str] = set()
+    for root in face_roots():
+        models = root / "models"
+        if models.is_dir():
+            packs.update(d.name for d in models.iterdir() if d.is_dir() and _PACK_NAME.match(d.name)
+                         and any(d.glob("*.onnx")))
+    return sorted(packs)
+
+
+def face_pack_root(pack: str) -> Path | None:
+    """The insightface root that holds ``models/<pack>``, or None."""
+    if not _PACK_NAME.match(pack or ""):
+        raise ValueError(f"face pack {pack!r} must be a folder name like 'buffalo_l'")
+    for root in face_roots():
+        pack_dir = root / "models" / pack
+        if pack_dir.is_dir() and any(pack_dir.glob("*.onnx")):
+            if not _inside(pack_dir, face_roots()):
+                raise PermissionError(f"face pack {pack!r} resolves to {pack_dir.resolve()}, outside {root}")
+            return root
+    return None
+
+
+def missing_pack_message(pack: str) -> str:
+    where = " or ".join(str(r / "models" / pack) for r in face_roots())
+    return (f"insightface pack {pack!r} not found: download {pack}.zip from the insightface model zoo "
+            f"(github.com/deepinsight/insightface, releases) and unzip it so that {where} holds its .onnx files")

@@ -1,0 +1,1 @@
+"""Stub of ComfyUI's ``comfy`` package (model management, utils, model patcher)."""
