@@ -330,7 +330,7 @@ class FEvalModel(nn.Module):
         out = proc(images=[image], text=[proc.image_token], return_tensors="pt", add_special_tokens=False)
         ids = out["input_ids"][0].tolist()
         pixels = {k: v for k, v in out.items() if k not in _TEXT_KEYS and isinstance(v, torch.Tensor)}
-        image_id = self.image_token_id
+        image_id = proc.tokenizer.convert_tokens_to_ids(proc.image_token)  # this thread's own tokenizer
         return PreparedImage(ids, pixels, sum(1 for t in ids if t == image_id))
 
     def score_rows(self, rows: Sequence[Row], prepared: dict[int, PreparedImage] | None = None, *,
