@@ -533,8 +533,9 @@ def test_one_scorer_used_from_many_threads_gives_the_sequential_scores(request, 
         return res.scores, res.errors, res.faces
 
     sequential = [run(r) for r in reqs]
+    repeat = 2 if scorer_kind == "trained" else 1
     with ThreadPoolExecutor(8) as pool:
-        concurrent = list(pool.map(run, reqs * 2))  # every request twice, all at once
+        concurrent = list(pool.map(run, reqs * repeat))  # all requests at once (each twice for the trained one)
     for k, got in enumerate(concurrent):
         want = sequential[k % len(reqs)]
         torch.testing.assert_close(got[0], want[0], rtol=0, atol=0, equal_nan=True)
@@ -543,7 +544,7 @@ def test_one_scorer_used_from_many_threads_gives_the_sequential_scores(request, 
 
 def test_interleaved_streams_on_one_scorer(tiny_scorer):
     """Two ``iter_scores`` generators advanced in turn (as a streaming server would) do not mix up rows."""
-    a_imgs, b_imgs = [_face(s) for s in range(3)], [_face(s) for s in range(3, 6)]
+    a_imgs, b_imgs = [_face(s) for s in range(2)], [_face(s) for s in range(2, 4)]
     a = tiny_scorer.iter_scores(a_imgs, "a woman", dims=["quality", "correspondence"], batch_size=1)
     b = tiny_scorer.iter_scores(b_imgs, "a man", dims=["quality", "correspondence"], batch_size=1)
     parts_a, parts_b = [], []
@@ -560,12 +561,12 @@ def test_interleaved_streams_on_one_scorer(tiny_scorer):
 SIDES = st.one_of(st.sampled_from([1, 2, 3, 27, 28, 29, 127, 128, 129, 4000, 6000]), st.integers(1, 6000))
 
 
-@settings(max_examples=20, deadline=None, database=None,
+@settings(max_examples=12, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(w=SIDES, h=SIDES, level=st.sampled_from([0, 20, 128, 255]))
 def test_any_image_size_scores_through_detector_and_vlm(tiny_scorer, w, h, level):
     """Face detection and the VLM processor have their own size limits (OpenCV's resize, Qwen2-VL's 200:1)."""
-    assume(w * h <= 500_000)
+    assume(w * h <= 250_000)
     rec = tiny_scorer.score([np.full((h, w, 3), level, np.uint8)], dims=["quality"]).to_records()[0]
     assert rec["error"] is None and isinstance(rec["quality"], float) and isinstance(rec["faces"], int)
 
