@@ -212,6 +212,9 @@ class FEvalScorer:
         items = items if items is not None else expand_inputs(images)
         n = len(items)
         prompt_list = broadcast(prompts, n, "prompts")
+        bad = next((p for p in prompt_list if p is not None and not isinstance(p, str)), None)
+        if bad is not None:
+            raise TypeError(f"prompts must be strings (or None), got {type(bad).__name__}: pass one text per image")
         ref_list = _broadcast_refs(refs, n)
         wanted = tuple(d for d in parse_dims(dims) if d in self.config.dims)
         ref_cache: dict[int, tuple[Any, Any, str | None]] = {}
@@ -275,12 +278,13 @@ class FEvalScorer:
                             warnings[i].append(ref_err)
                             continue
                         ref_face = ref_info.embedding if ref_info is not None else None
-                        if not self.model.trained:
-                            scores[i, DIM_INDEX[d]] = self._arcface_identity(emb, ref_info, warnings[i])
+                        blocked = _identity_blocker(self.face_encoder, info, ref_info)
+                        if blocked:
+                            warnings[i].append(blocked)
                             continue
-                        if ref_info is not None and ref_face is None:
-                            warnings[i].append("no face detected in the reference image; identity scored with "
-                                               "empty face tokens")
+                        if not self.model.trained:
+                            scores[i, DIM_INDEX[d]] = _arcface_identity(emb, ref_face)
+                            continue
                     rows.append(Row(images[i], d, prompt=prompt, ref=ref_img, face=emb, ref_face=ref_face))
                     where.append((i, DIM_INDEX[d]))
             if rows:
@@ -315,19 +319,25 @@ class FEvalScorer:
                 cache[key] = (img, info, None)
         return cache[key]
 
-    def _arcface_identity(self, emb: np.ndarray | None, ref_info: Any, warns: list[str]) -> float:
-        from .faces import FaceEncoder, arcface_identity_score
+def _identity_blocker(face_encoder: Any, info: Any, ref_info: Any) -> str | None:
+    """Why identity cannot be scored for this pair, or None. One rule for every mode and caller.
 
-        if self.face_encoder is None:
-            warns.append("identity needs the insightface model pack; none is loaded")
-            return float("nan")
-        if ref_info is None or ref_info.embedding is None:
-            warns.append("no face detected in the reference image; identity not scored")
-            return float("nan")
-        if emb is None:
-            warns.append("no face detected in the image; identity not scored")
-            return float("nan")
-        return float(arcface_identity_score(FaceEncoder.cosine(emb, ref_info.embedding)))
+    Identity fidelity compares two faces: without a face detector, or with no face found in the image
+    or the reference, it is not applicable (NaN) rather than a number.
+    """
+    if face_encoder is None:
+        return "identity needs the insightface model pack; none is loaded"
+    missing = [what for what, fi in (("image", info), ("reference image", ref_info)) if fi is None or not fi.has_face]
+    if missing:
+        return f"no face detected in the {' and the '.join(missing)}; identity not scored"
+    return None
+
+
+def _arcface_identity(emb: np.ndarray, ref_emb: np.ndarray) -> float:
+    """Zero-shot identity: ArcFace cosine mapped to 0..100."""
+    from .faces import FaceEncoder, arcface_identity_score
+
+    return float(arcface_identity_score(FaceEncoder.cosine(emb, ref_emb)))
 
 
 def _broadcast_refs(refs: Any, n: int) -> list[Any]:

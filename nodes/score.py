@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import comfy.model_management as mm
 import comfy.utils
-import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
@@ -97,8 +95,6 @@ class ScoreFaces(io.ComfyNode):
             result = ScoreResult(scores=torch.full((n, len(DIMENSIONS)), float("nan")), names=[""] * n,
                                  faces=[None] * n, errors=[None] * n, warnings=[[] for _ in range(n)])
         scores = _to_scores(result, tuple(asked), _method(model), header)
-        if "identity" in dims:
-            _identity_needs_faces(scores, model, refs)
         preview = annotate(images, scores)
         summary = scores.to_text()
         logger.info("scored %d images with %s", n, scores.method)
@@ -127,28 +123,6 @@ def _method(model: FEvalHandle) -> str:
     if model.scorer.model.trained:
         return f"F-Eval ({model.name})"
     return f"F-Eval zero-shot ({model.name}; identity = ArcFace similarity)"
-
-
-def _identity_needs_faces(scores: FEvalScores, model: FEvalHandle, refs: np.ndarray) -> None:
-    """Identity is n/a (NaN, with a note) when the image or its reference shows no face.
-
-    Zero-shot identity (ArcFace) is NaN there already; a trained model would still answer, so its
-    answer is withdrawn. Without a face detector nothing is known, and nothing changes.
-    """
-    encoder = model.scorer.face_encoder
-    if encoder is None:
-        return
-    j = DIMENSIONS.index("identity")
-    ref_face = [encoder.analyze(r).has_face for r in refs] if model.scorer.model.trained else None
-    for i in range(len(scores)):
-        why = []
-        if scores.faces[i] == 0:
-            why.append("image")
-        if ref_face is not None and not ref_face[0 if len(ref_face) == 1 else i]:
-            why.append("reference image")
-        if why and not math.isnan(float(scores.values[i, j])):
-            scores.values[i, j] = math.nan
-            scores.notes[i].append(f"identity n/a: no face in the {' and the '.join(why)}")
 
 
 def _to_scores(result: ScoreResult, dims: tuple[str, ...], method: str, header: list[str]) -> FEvalScores:

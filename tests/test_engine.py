@@ -37,14 +37,16 @@ def test_batched_dimensions_equal_separate_passes(tiny_ckpts, faces, family):
     imgs = [faces["a"], faces["b"], faces["none"]]
     kw = dict(prompts=["a woman", "an old man with a beard and glasses", "a cat"], refs=faces["a_moved"])
     together = scorer.score(imgs, **kw).scores
+    assert torch.isfinite(together[:2]).all() and torch.isfinite(together[2, [0, 1, 3]]).all()
+    assert math.isnan(together[2, 2]), "identity of an image without a face is not applicable"
     for j, d in enumerate(DIMENSIONS):
         alone = scorer.score(imgs, dims=[d], **kw).scores
-        torch.testing.assert_close(alone[:, j], together[:, j], atol=1e-4, rtol=0)
+        torch.testing.assert_close(alone[:, j], together[:, j], atol=1e-4, rtol=0, equal_nan=True)
         others = [k for k in range(4) if k != j]
         assert torch.isnan(alone[:, others]).all()
     # batch size must not change a score either (padding differs)
     one_by_one = scorer.score(imgs, batch_size=1, **kw).scores
-    torch.testing.assert_close(one_by_one, together, atol=1e-4, rtol=0)
+    torch.testing.assert_close(one_by_one, together, atol=1e-4, rtol=0, equal_nan=True)
 
 
 def test_experts_are_distinct_per_dimension(tiny_scorer, faces):

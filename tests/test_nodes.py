@@ -264,13 +264,13 @@ def test_zero_shot_identity_without_a_face_is_nan(comfy: SimpleNamespace, zero_s
     assert "reference" in " ".join(noref.args[0].notes[0])
 
 
-def test_trained_identity_is_withdrawn_when_the_reference_has_no_face(comfy: SimpleNamespace, handle, faces) -> None:
+def test_trained_identity_is_nan_when_the_reference_has_no_face(comfy: SimpleNamespace, handle, faces) -> None:
     imgs = as_batch(faces["a"], faces["b"])
     out = comfy.nodes["FEvalScoreFaces"].execute(handle, imgs, quality=False, authenticity=False,
                                                  correspondence=False, reference=as_batch(faces["none"]))
     scores = out.args[0]
     assert all(math.isnan(v) for v in scores.column("identity"))
-    assert all("identity n/a: no face in the reference image" in notes for notes in scores.notes)
+    assert all("no face detected in the reference image; identity not scored" in notes for notes in scores.notes)
 
 
 def test_device_and_dtype_choices(comfy: SimpleNamespace, monkeypatch) -> None:

@@ -477,11 +477,19 @@ def test_reference_without_a_face_zero_shot_is_nan_with_a_reason(zero_shot):
     assert "no face detected in the reference image; identity not scored" in rec["warnings"]
 
 
-def test_reference_without_a_face_trained_still_scores_identity(tiny_scorer):
-    """A trained LMM rates identity from the two images; the reference's face tokens are empty (zeros)."""
-    rec = tiny_scorer.score([_face()], refs=no_face, dims=["identity"]).to_records()[0]
-    assert isinstance(rec["identity"], float) and 0 <= rec["identity"] <= 100
-    assert any("no face detected in the reference image" in w for w in rec["warnings"])
+def test_reference_without_a_face_trained_is_nan_with_a_reason(tiny_scorer):
+    """One rule in every mode: identity compares two faces, so a faceless reference leaves it out."""
+    rec = tiny_scorer.score([_face()], refs=no_face, dims=["quality", "identity"]).to_records()[0]
+    assert rec["identity"] is None and isinstance(rec["quality"], float)
+    assert "no face detected in the reference image; identity not scored" in rec["warnings"]
+
+
+@pytest.mark.parametrize("scorer_kind", ["trained", "zero_shot"])
+def test_image_without_a_face_has_no_identity(request, scorer_kind):
+    scorer = request.getfixturevalue("tiny_scorer" if scorer_kind == "trained" else "zero_shot")
+    rec = scorer.score([no_face], refs=_face(), dims=["quality", "identity"]).to_records()[0]
+    assert rec["identity"] is None and isinstance(rec["quality"], float)
+    assert "no face detected in the image; identity not scored" in rec["warnings"]
 
 
 @pytest.mark.parametrize("scorer_kind", ["trained", "zero_shot"])
@@ -502,7 +510,8 @@ def test_cli_long_mixed_prompt_and_a_reference_without_a_face(tiny_ckpt, tmp_pat
     assert main(["score", str(img), "--model", str(tiny_ckpt), "--prompt", LONG_MIXED[:5000], "--ref", str(ref),
                  "--out", str(out), "--device", "cpu"]) == 0
     (row,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert all(isinstance(row[d], float) for d in DIMENSIONS)
+    assert all(isinstance(row[d], float) for d in DIMENSIONS if d != "identity")
+    assert row["identity"] is None, "a reference without a face leaves identity out"
     assert any("truncated" in w for w in row["warnings"])
     assert any("reference" in w for w in row["warnings"])
 
