@@ -84,7 +84,8 @@ def load_processor(name_or_path: str | Path, *, trust_remote_code: bool = False,
             f"could not load an image processor for {src!r} (model_type={model_type!r}): {error}. "
             "Check that the folder has processor/preprocessor configs and a tokenizer."
         ) from error
-    logger.info("AutoProcessor failed for %s (%s); using the image-only %s processor", src, error, model_type)
+    logger.info("using the image-only %s processor (its video processor is unavailable here)", model_type)
+    logger.debug("AutoProcessor failed for %s: %s", src, error)
     cls = _image_only_processor_class(model_type)
     processor = cls.from_pretrained(src, trust_remote_code=trust_remote_code, **hub_kwargs)
     return _fix_padding(processor)
