@@ -214,18 +214,23 @@ class FEvalModel(nn.Module):
                 yield name, p
 
     # -- inputs -------------------------------------------------------------------------------
-    def collate(self, rows: Sequence[Row]) -> FEvalBatch:
-        """Turn rows into processor outputs (padded on the left), dimension indices and face vectors."""
-        texts: list[str] = []
-        images: list[Any] = []
-        faces: list[np.ndarray | None] = []
+    def _row_texts(self, rows: Sequence[Row]) -> tuple[list[str], list[list[Any]], list[list[np.ndarray | None]]]:
+        """Chat text, images (in order) and face vectors (in token order) of each row."""
+        texts, row_images, row_faces = [], [], []
         for row in rows:
             if row.dim == "identity" and row.ref is None:
                 raise ValueError("an identity row needs a reference image")
             text, imgs, fs = build_row_text(self.processor, row, self.num_face_tokens)
             texts.append(text)
-            images.extend(imgs)
-            faces.extend(fs)
+            row_images.append(imgs)
+            row_faces.append(fs)
+        return texts, row_images, row_faces
+
+    def collate(self, rows: Sequence[Row]) -> FEvalBatch:
+        """Turn rows into processor outputs (padded on the left), dimension indices and face vectors."""
+        texts, row_images, row_faces = self._row_texts(rows)
+        images = [im for imgs in row_images for im in imgs]
+        faces = [f for fs in row_faces for f in fs]
         inputs = dict(self.processor(images=images, text=texts, return_tensors="pt", padding=True))
         inputs.pop("token_type_ids", None)
         face_tensor = None
@@ -351,16 +356,7 @@ class FEvalModel(nn.Module):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         prepared = {} if prepared is None else prepared
-        texts: list[str] = []
-        row_images: list[list[Any]] = []
-        row_faces: list[list[np.ndarray | None]] = []
-        for row in rows:
-            if row.dim == "identity" and row.ref is None:
-                raise ValueError("an identity row needs a reference image")
-            text, imgs, fs = build_row_text(self.processor, row, self.num_face_tokens)
-            texts.append(text)
-            row_images.append(imgs)
-            row_faces.append(fs)
+        texts, row_images, row_faces = self._row_texts(rows)
         slot: dict[int, int] = {}  # id(image) -> index into ``unique``
         unique: list[PreparedImage] = []
         for imgs in row_images:
