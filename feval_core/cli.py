@@ -7,7 +7,6 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger("feval")

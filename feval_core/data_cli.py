@@ -45,11 +45,18 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     try:
         fractions = [float(x) for x in args.fractions.split(",")]
+        if len(fractions) != 3:
+            raise ValueError
     except ValueError:
-        print(f"--fractions must be three numbers like 0.8,0.05,0.15; got {args.fractions!r}", file=sys.stderr)
+        print(f"--fractions must be three numbers (train,val,test) like 0.8,0.05,0.15; got {args.fractions!r}",
+              file=sys.stderr)
         return 2
-    paths = write_splits(read_manifest(args.manifest), args.out, fractions=fractions, seed=args.seed,
-                         by=None if args.by == "none" else args.by)
+    try:
+        paths = write_splits(read_manifest(args.manifest), args.out, fractions=fractions, seed=args.seed,
+                             by=None if args.by == "none" else args.by)
+    except ValueError as exc:  # fractions that do not sum to 1 and the like
+        print(f"feval split: {exc}", file=sys.stderr)
+        return 2
     for name, path in paths.items():
         print(f"{name}: {path}", file=sys.stderr)
     return 0

@@ -126,7 +126,7 @@ def predict(scorer: Any, rows: Sequence[ManifestRow], *, dims: Sequence[str] | N
                         v = float(res.scores[i, DIMENSIONS.index(d)])
                         err = res.errors[i]
                         if math.isnan(v) and err is None and res.warnings and res.warnings[i]:
-                            err = "; ".join(res.warnings[i])
+                            err = res.warnings[i][-1]
                         preds.append(Prediction(str(r.image), r.task, d, float(r.mos[d]), v, err))
                 bar.update(len(chunk))
     failed = sum(1 for p in preds if math.isnan(p.pred))

@@ -195,6 +195,10 @@ def _count_inversions(a: np.ndarray) -> int:
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if x.size <= 4:  # four parameters: fewer points than that cannot fit, four would fit exactly
+        logger.warning("logistic fit needs more than 4 pairs, got %d; using the raw predictions for fitted PLCC",
+                       x.size)
+        return np.full(4, np.nan)
     rising = _pearson(_average_ranks(x), _average_ranks(y)) >= 0
     hi, lo = float(y.max()), float(y.min())
     std = float(x.std())

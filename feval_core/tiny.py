@@ -84,8 +84,14 @@ def _text_config(tok: Any, hidden: int = 64) -> dict[str, Any]:
                 bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
 
-def build_tiny_backbone(family: str, out_dir: str | Path, *, seed: int = 0, image_size: int = 56) -> Path:
-    """Write a tiny ``family`` backbone (model + processor) to ``out_dir`` and return the folder."""
+def build_tiny_backbone(family: str, out_dir: str | Path, *, seed: int = 0, image_size: int = 56,
+                        init_std: float | None = None) -> Path:
+    """Write a tiny ``family`` backbone (model + processor) to ``out_dir`` and return the folder.
+
+    ``init_std`` overrides the weight initialisation std (transformers' ``initializer_range``, 0.02). At this
+    width the default gives near-uniform attention and activations that barely depend on the input; a larger
+    std (e.g. 0.2) gives a random backbone whose features carry its inputs, as training tests need.
+    """
     from transformers import AutoModelForImageTextToText
 
     if family not in FAMILIES:
@@ -101,6 +107,9 @@ def build_tiny_backbone(family: str, out_dir: str | Path, *, seed: int = 0, imag
         config, processor = _internvl(tok, vocab, image_size)
     else:
         config, processor = _llava(tok, vocab, image_size)
+    if init_std is not None:
+        for cfg in (config, config.text_config, config.vision_config):
+            cfg.initializer_range = float(init_std)
     model = AutoModelForImageTextToText.from_config(config)
     model.eval()
     model.save_pretrained(out, safe_serialization=True)

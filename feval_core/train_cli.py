@@ -28,9 +28,9 @@ def _arg_type(tp: Any) -> Any:
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    from . import train as train_mod
+    from . import train_config as train_mod
 
-    p = sub.add_parser(name, help=help_text, description=help_text + ". " + (train_mod.__doc__ or "").split("\n")[0],
+    p = sub.add_parser(name, help=help_text, description=help_text + "; the backbone and face encoder stay frozen",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(train_mod.TrainConfig)
     for f in dataclasses.fields(train_mod.TrainConfig):
@@ -53,7 +53,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .dimensions import parse_dims
-    from .train import TrainConfig, train
+    from .train import train
+    from .train_config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     if values["dims"] is not None:

@@ -65,3 +65,21 @@ def faces() -> dict[str, np.ndarray]:
         "b": face_image(1),
         "none": np.full((128, 128, 3), 20, dtype=np.uint8),
     }
+
+
+@pytest.fixture(scope="session")
+def learn_task(tmp_path_factory: pytest.TempPathFactory):
+    """The synthetic task of feval_core.synthetic (1000 train / 200 held-out images, tiny backbone and face pack),
+    built once per session."""
+    from feval_core.synthetic import prepare_synthetic_task
+
+    return prepare_synthetic_task(tmp_path_factory.mktemp("learn"))
+
+
+@pytest.fixture(scope="session")
+def learned_run(learn_task):
+    """The tiny F-Eval trained on the synthetic task with the default recipe (a TrainResult), once per session."""
+    from feval_core.synthetic import synthetic_train_config
+    from feval_core.train import train
+
+    return train(synthetic_train_config(learn_task, learn_task.data.parent / "run"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -14,7 +13,6 @@ from feval_core.faceq import import_faceq
 from feval_core.manifest import ManifestRow, read_manifest, write_manifest
 from feval_core.splits import split_rows, write_splits
 
-HAS_OPENPYXL = importlib.util.find_spec("openpyxl") is not None
 
 
 def _touch(root: Path, *rels: str) -> None:
@@ -179,15 +177,10 @@ def test_faceq_tsv_json_and_task_hint(tmp_path: Path) -> None:
     assert {r.task for r in rows} == {"generation"}
 
 
-def test_faceq_xlsx(tmp_path: Path) -> None:
+def test_faceq_xlsx(tmp_path: Path, monkeypatch) -> None:
     root = tmp_path
     _touch(root, "images/customization/InstantID/c1.png", "refs/p1.png")
     (root / "MOSs").mkdir()
-    if not HAS_OPENPYXL:
-        (root / "MOSs/customization.xlsx").write_bytes(b"PK\x03\x04")
-        with pytest.raises(ManifestError, match="pip install openpyxl"):
-            import_faceq(root, root / "m.jsonl")
-        return
     import pandas as pd
 
     with pd.ExcelWriter(root / "MOSs/scores.xlsx") as writer:
@@ -290,3 +283,17 @@ def test_write_splits(tmp_path: Path) -> None:
     back = {k: read_manifest(p, check_files=False) for k, p in paths.items()}
     assert sum(len(v) for v in back.values()) == len(rows)
     assert not {r.model for r in back["train"]} & {r.model for r in back["test"]}
+
+
+def test_faceq_spreadsheet_without_its_reader_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    from feval_core import faceq
+
+    _touch(tmp_path, "images/generation/SDXL/g1.png")
+    (tmp_path / "MOSs").mkdir()
+    (tmp_path / "MOSs/generation.xlsx").write_bytes(b"PK\x03\x04")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(faceq.importlib.util, "find_spec", lambda name, *a: None if name == "openpyxl" else real(name, *a))
+    with pytest.raises(ManifestError, match="pip install openpyxl"):
+        import_faceq(tmp_path, tmp_path / "m.jsonl")

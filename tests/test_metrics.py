@@ -140,3 +140,16 @@ def test_fit_failure_falls_back_to_raw(monkeypatch, caplog) -> None:
         assert np.isnan(fit_logistic4(x, y)).all()
         assert plcc_fitted(x, y) == pytest.approx(plcc(x, y))
     assert "logistic fit failed" in caplog.text
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_too_few_pairs_for_the_logistic_fit_fall_back_to_raw(n: int, caplog) -> None:
+    """Four parameters need more than four points (scipy raises a TypeError below that, e.g. on a tiny
+    validation split); the table still gets SRCC/KRCC/PLCC and the raw PLCC as the fitted one."""
+    x, y = np.array([1.0, 2.0, 4.0, 3.0][:n]), np.array([10.0, 30.0, 35.0, 20.0][:n])
+    with caplog.at_level(logging.WARNING, logger="feval_core.metrics"):
+        assert np.isnan(fit_logistic4(x, y)).all()
+        table = correlation_table(x, y)
+    assert "needs more than 4 pairs" in caplog.text
+    assert table["plcc_fit"] == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-9)
+    assert table["srcc"] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-9)
