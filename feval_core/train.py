@@ -3,8 +3,8 @@
 The backbone and the face encoder stay frozen; the facial projector, the LoRA experts (one per dimension),
 the router and the score head are trained. Schedules:
 
-* ``levels``: cross-entropy of the rating word (MOS binned into five equal bands over 0..100, best first)
-  on the rating-word logits (Q-Align recipe); the checkpoint scores with rating words;
+* ``levels`` (default): cross-entropy of the rating word (MOS binned into five equal bands over 0..100, best
+  first) on the rating-word logits (Q-Align recipe); the checkpoint scores with rating words;
 * ``regression``: smooth-L1 (or L1/MSE) of the regression head against the MOS;
 * ``two_stage``: ``levels`` for the first ``stage1_fraction`` of the steps, then ``regression`` (the
   FVQ-Rater recipe);
@@ -48,6 +48,7 @@ from .train_config import (
 )
 from .train_data import (
     FACE_CACHE_NAME,
+    SKIPPED_NAME,
     SPLITS_DIR,
     Collator,
     EpochSampler,
@@ -64,7 +65,7 @@ from .train_state import STATE_DIR, STATE_FILE, load_state, save_state
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SCHEDULE", "FACE_CACHE_NAME", "LOG_NAME", "LOSSES", "LR_SCHEDULES", "PRECISIONS", "SCHEDULES",
-           "SPLITS_DIR", "SPLIT_BY", "STATE_DIR", "TRAIN_CONFIG_NAME", "Collator", "EpochSampler", "Example",
+           "SKIPPED_NAME", "SPLITS_DIR", "SPLIT_BY", "STATE_DIR", "TRAIN_CONFIG_NAME", "Collator", "EpochSampler", "Example",
            "FaceCache", "RowDataset", "TrainConfig", "TrainResult", "TrainStep", "enable_gradient_checkpointing",
            "eval_prompt", "expand_rows", "expert_hooks", "level_targets", "lr_factor", "stage_weights", "train"]
 
@@ -78,7 +79,6 @@ def level_targets(mos: torch.Tensor) -> torch.Tensor:
     n = len(LEVEL_WORDS)
     band = torch.div(mos.float().clamp(0.0, 100.0), 100.0 / n, rounding_mode="floor").clamp(max=n - 1)
     return (n - 1 - band).long()
-
 
 
 class TrainStep(nn.Module):
@@ -111,7 +111,6 @@ class TrainStep(nn.Module):
                 "reg_score": out.reg_score.detach() if out.reg_score is not None else out.level_score.detach()}
 
 
-
 @contextlib.contextmanager
 def expert_hooks(backbone: nn.Module, dims: Sequence[str] | None) -> Iterator[None]:
     """Keep per-row expert names on every LoRA layer until the backward pass is over.
@@ -141,7 +140,6 @@ def expert_hooks(backbone: nn.Module, dims: Sequence[str] | None) -> Iterator[No
             h.remove()
 
 
-
 def enable_gradient_checkpointing(model: Any) -> None:
     """Checkpoint the backbone's layers while it stays in eval mode (PEFT refuses per-row experts in training).
 
@@ -165,7 +163,6 @@ def enable_gradient_checkpointing(model: Any) -> None:
         raise ConfigError(f"{type(base).__name__} has no checkpointable layers; train without gradient checkpointing")
 
 
-
 def stage_weights(cfg: TrainConfig, stage: str) -> dict[str, float]:
     w = {"router": cfg.router_weight}
     if stage in ("levels", "joint"):
@@ -173,7 +170,6 @@ def stage_weights(cfg: TrainConfig, stage: str) -> dict[str, float]:
     if stage in ("regression", "joint"):
         w["regression"] = cfg.regression_weight
     return w
-
 
 
 def lr_factor(step: int, stage_bounds: Sequence[int], cfg: TrainConfig) -> float:
@@ -196,7 +192,6 @@ def lr_factor(step: int, stage_bounds: Sequence[int], cfg: TrainConfig) -> float
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-
 @dataclass
 class TrainResult:
     """What a run produced: the checkpoint folder, optimizer steps done, and the last validation metrics."""
@@ -207,7 +202,6 @@ class TrainResult:
     seconds: float
     val: dict[str, dict[str, float]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-
 
 
 def _build_model(cfg: TrainConfig, dims: tuple[str, ...], device: Any) -> tuple[Any, list[tuple[str, nn.Parameter]],
@@ -246,7 +240,6 @@ def _build_model(cfg: TrainConfig, dims: tuple[str, ...], device: Any) -> tuple[
                 sum(p.numel() for _, p in named), sum(p.numel() for p in model.parameters()), ", ".join(dims),
                 cfg.schedule)
     return model, named, optimizer
-
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -415,11 +408,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(out, step, finished, time.time() - t0, last_val, history)
 
 
-
 def _mean(values: Sequence[float]) -> float:
     vals = [v for v in values if isinstance(v, float) and math.isfinite(v)]
     return float(sum(vals) / len(vals)) if vals else float("nan")
-
 
 
 @torch.no_grad()
@@ -447,7 +438,6 @@ def _validate(step_module: nn.Module, val_dl: Any, val_ex: Sequence[Example], ac
         t = correlation_table(pred[sel], mos)
         result[d] = {"srcc": t["srcc"], "plcc": t["plcc"], "krcc": t["krcc"], "n": t["n"]}
     return result
-
 
 
 def _save_checkpoint(cfg: TrainConfig, model: Any, out: Path) -> None:

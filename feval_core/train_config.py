@@ -16,7 +16,7 @@ from .config import DEFAULT_LORA_TARGETS
 from .errors import ConfigError
 
 SCHEDULES: tuple[str, ...] = ("two_stage", "joint", "levels", "regression")
-DEFAULT_SCHEDULE = "joint"
+DEFAULT_SCHEDULE = "levels"  # best held-out SRCC of the four on the synthetic task (benchmarks/schedules.py)
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 LOSSES: tuple[str, ...] = ("smooth_l1", "l1", "mse")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
@@ -161,7 +161,6 @@ class TrainConfig:
     def score_mode(self) -> str:
         """How the trained checkpoint reads its score out."""
         return "levels" if self.schedule == "levels" else "regression"
-
 
 
 def check_resume(cfg: TrainConfig, out: Path) -> None:

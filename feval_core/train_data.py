@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .dimensions import DIMENSIONS, EVAL_PROMPTS
-from .errors import ManifestError
+from .errors import ImageInputError, ManifestError
 from .manifest import ManifestRow, read_manifest, write_manifest
 from .train_config import TrainConfig
 
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 FACE_CACHE_NAME = "face_cache.safetensors"
 SPLITS_DIR = "splits"
+SKIPPED_NAME = "skipped_images.jsonl"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,6 @@ class Example:
     task: str
     prompt: str | None = None
     ref: str | None = None
-
 
 
 def expand_rows(rows: Sequence[ManifestRow], dims: Sequence[str] | None = None) -> list[Example]:
@@ -63,11 +63,9 @@ def expand_rows(rows: Sequence[ManifestRow], dims: Sequence[str] | None = None) 
     return out
 
 
-
 def eval_prompt(ex: Example) -> str:
     """The evaluation prompt of an example, as the router sees it."""
     return EVAL_PROMPTS[ex.dim].format(prompt=(ex.prompt or "").strip())
-
 
 
 class FaceCache:
@@ -80,6 +78,7 @@ class FaceCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, np.ndarray | None] = {}
+        self.failed: dict[str, str] = {}  # path -> why it could not be read (not cached: retried next run)
         if path.is_file():
             from safetensors import safe_open
 
@@ -93,23 +92,32 @@ class FaceCache:
     @staticmethod
     def key(path: str | Path) -> str:
         p = Path(path).absolute()
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError:  # a missing file: a key no cache entry has, so it counts as missing
+            return f"unreadable:{p}"
         return hashlib.sha1(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
 
     def missing(self, paths: Sequence[str]) -> list[str]:
         return [p for p in dict.fromkeys(paths) if self.key(p) not in self.entries]
 
     def fill(self, paths: Sequence[str], encoder: Any, *, progress: bool = True) -> int:
-        """Embed the images not cached yet; returns how many were embedded."""
+        """Embed the images not cached yet; returns how many were embedded. Unreadable ones go to ``failed``."""
         from tqdm.auto import tqdm
 
         from .images import load_image
 
         todo = self.missing(paths)
+        failed = 0
         for p in tqdm(todo, desc="detecting faces", unit="img", disable=not progress or None):
-            info = encoder.analyze(load_image(p))
+            try:
+                info = encoder.analyze(load_image(p))
+            except (ImageInputError, OSError) as exc:  # one bad file never stops the run: it stays uncached
+                self.failed[p] = str(exc)
+                failed += 1
+                continue
             self.entries[self.key(p)] = None if info.embedding is None else np.asarray(info.embedding, np.float32)
-        return len(todo)
+        return len(todo) - failed
 
     def get(self, path: str) -> np.ndarray | None:
         return self.entries[self.key(path)]
@@ -130,7 +138,6 @@ class FaceCache:
         os.replace(tmp, self.path)
 
 
-
 class RowDataset(torch.utils.data.Dataset):
     """Indices into a list of :class:`Example`; the collator turns them into model batches."""
 
@@ -142,7 +149,6 @@ class RowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
-
 
 
 class Collator:
@@ -173,7 +179,6 @@ class Collator:
         }
 
 
-
 class EpochSampler(torch.utils.data.Sampler[int]):
     """A fresh permutation per epoch, fixed by ``seed`` and the epoch (so a resumed run sees the same order)."""
 
@@ -191,7 +196,6 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
-
 
 
 def split_train_val(cfg: TrainConfig, out: Path, main: bool) -> tuple[list[ManifestRow], list[ManifestRow]]:
@@ -214,7 +218,6 @@ def split_train_val(cfg: TrainConfig, out: Path, main: bool) -> tuple[list[Manif
     logger.info("held out %d of %d rows for validation (split by %s, seed %d)", len(parts["val"]), len(rows), by,
                 cfg.split_seed)
     return parts["train"], parts["val"]
-
 
 
 def prepare_data(cfg: TrainConfig, out: Path, accelerator: Any) -> tuple[list[Example], list[Example],
@@ -246,13 +249,28 @@ def prepare_data(cfg: TrainConfig, out: Path, accelerator: Any) -> tuple[list[Ex
     accelerator.wait_for_everyone()
     if not main:
         cache = FaceCache(out / FACE_CACHE_NAME)
-    no_face = sum(1 for p in dict.fromkeys(paths) if cache.get(p) is None)
+    unreadable = set(cache.missing(paths))  # the same on every process: what the main process could not read
+    if unreadable:
+        train_ex, val_ex = _readable(train_ex, unreadable), _readable(val_ex, unreadable)
+        logger.warning("%d images could not be read and are left out (%d training examples remain); see %s",
+                       len(unreadable), len(train_ex), out / SKIPPED_NAME)
+        if main:
+            with (out / SKIPPED_NAME).open("w", encoding="utf-8") as fh:
+                for p in sorted(unreadable):
+                    fh.write(json.dumps({"image": p, "error": cache.failed.get(p, "unreadable")}) + "\n")
+        if not train_ex:
+            raise ManifestError(f"none of the training images in {cfg.manifest} could be read; see {out / SKIPPED_NAME}")
+    readable = [p for p in dict.fromkeys(paths) if p not in unreadable]
+    no_face = sum(1 for p in readable if cache.get(p) is None)
     if no_face:
         logger.info("%d of %d images have no detected face (they get the learned 'no face' tokens)", no_face,
-                    len(dict.fromkeys(paths)))
+                    len(readable))
     # Identity compares two faces; the scorer leaves it NaN when either is missing, so training skips those rows.
     return _scorable(train_ex, cache, "training"), _scorable(val_ex, cache, "validation"), dims, cache
 
+
+def _readable(examples: list[Example], unreadable: set[str]) -> list[Example]:
+    return [e for e in examples if e.image not in unreadable and (e.ref is None or e.ref not in unreadable)]
 
 
 def _scorable(examples: list[Example], cache: FaceCache, name: str) -> list[Example]:
@@ -263,7 +281,6 @@ def _scorable(examples: list[Example], cache: FaceCache, name: str) -> list[Exam
         logger.info("%d %s identity rows have no face in the image or reference; left out", len(examples) - len(keep),
                     name)
     return keep
-
 
 
 def abs_or_none(path: str | None) -> str | None:

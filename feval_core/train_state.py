@@ -38,7 +38,6 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
               metadata={"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)})
 
 
-
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     from safetensors import safe_open
 
@@ -58,10 +57,8 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-
 def _rng_state() -> dict[str, Any]:
     return {"python": random.getstate(), "numpy": np.random.get_state(legacy=False)}
-
 
 
 def _json_rng(state: dict[str, Any]) -> dict[str, Any]:
@@ -73,14 +70,12 @@ def _json_rng(state: dict[str, Any]) -> dict[str, Any]:
                       "has_gauss": int(npy["has_gauss"]), "gauss": float(npy["gauss"])}}
 
 
-
 def _restore_json_rng(data: dict[str, Any]) -> None:
     py = data["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npy = data["numpy"]
     np.random.set_state({"bit_generator": "MT19937", "has_gauss": npy["has_gauss"], "gauss": npy["gauss"],
                          "state": {"key": np.asarray(npy["key"], dtype=np.uint32), "pos": npy["pos"]}})
-
 
 
 def save_state(folder: Path, model: Any, optimizer: Any, accelerator: Any, step: int, epoch: int,
@@ -113,7 +108,6 @@ def save_state(folder: Path, model: Any, optimizer: Any, accelerator: Any, step:
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-
 
 
 def load_state(folder: Path, model: Any, optimizer: Any, accelerator: Any) -> tuple[int, int, int, int]:

@@ -201,7 +201,8 @@ def test_training_learns_the_synthetic_task(learned_run, learn_task):
     assert json.loads((run.out / TRAIN_CONFIG_NAME).read_text())["schedule"] == DEFAULT_SCHEDULE
 
     scorer = FEvalScorer.from_pretrained(run.out, device="cpu")
-    assert scorer.config.score_mode == "regression" and scorer.model.trained
+    assert scorer.config.score_mode == TrainConfig(manifest="m", base="b", out="o").score_mode
+    assert scorer.model.trained
     report = evaluate(scorer, read_manifest(learn_task.data / "val.jsonl"), batch_size=16, progress=False)
     for d in DIMENSIONS:
         srcc = report.row("customization", d)["srcc"]
@@ -319,3 +320,27 @@ def test_cli_train_writes_log_and_checkpoint_and_bf16_runs(small_data, tiny_ckpt
     scorer = FEvalScorer.from_pretrained(out, device="cpu")
     res = scorer.score([faces["a"]], prompts="a portrait of Ada")
     assert torch.isfinite(res.scores[0, [0, 3]]).all() and torch.isnan(res.scores[0, [1, 2]]).all()
+
+
+def test_unreadable_images_are_left_out_with_a_record_and_training_goes_on(small_data, tiny_ckpt, tmp_path):
+    """A file that exists but does not decode (a truncated download) costs its own rows, not the run; a missing
+    file is refused when the manifest is read, naming its line (tests/test_manifest.py)."""
+    from feval_core.train import SKIPPED_NAME
+
+    rows = [json.loads(line) for line in (small_data / "train.jsonl").read_text().splitlines()]
+    for r in rows:  # the manifest's paths are relative to its folder
+        for k in ("image", "ref"):
+            if r.get(k):
+                r[k] = str(small_data / r[k])
+    broken, broken_ref = tmp_path / "broken.png", tmp_path / "broken_ref.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    broken_ref.write_bytes(b"GIF89a")
+    bad = [dict(rows[0], image=str(broken)), dict(rows[1], ref=str(broken_ref))]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows + bad))
+    res = train(_small_config(small_data, tiny_ckpt, tmp_path / "run", manifest=str(manifest), max_steps=2))
+    assert res.finished
+    skipped = [json.loads(line) for line in (tmp_path / "run" / SKIPPED_NAME).read_text().splitlines()]
+    assert {Path(s["image"]).name for s in skipped} == {"broken.png", "broken_ref.png"}
+    assert all(s["error"] for s in skipped)
+    assert FEvalScorer.from_pretrained(tmp_path / "run", device="cpu").model.trained
