@@ -304,7 +304,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     # -- resume
     step, epoch, micro_in_epoch = 0, 0, 0
     if cfg.resume:
-        step, epoch, micro_in_epoch, accelerator.step = load_state(state_dir, model, optimizer, accelerator)
+        saved = load_state(state_dir, model, optimizer, accelerator)
+        step, epoch, micro_in_epoch, accelerator.step = saved.step, saved.epoch, saved.micro_in_epoch, saved.micro_steps
         logger.info("resumed at optimizer step %d (epoch %d, batch %d)", step, epoch, micro_in_epoch)
 
     log_path = out / LOG_NAME

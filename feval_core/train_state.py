@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,35 @@ STATE_DIR = "state"
 STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+@dataclass
+class TrainerState:
+    """Where a run stands: optimizer steps, epoch, micro-batch within it; saved as ``trainer_state.json``."""
+
+    step: int
+    epoch: int
+    micro_in_epoch: int
+    micro_steps: int
+    num_processes: int
+    rng: dict[str, Any] = field(default_factory=dict)  # Python and NumPy global RNGs (torch's are in rng_*.safetensors)
+
+    def save(self, folder: Path) -> None:
+        (folder / STATE_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainerState:
+        path = folder / STATE_FILE
+        fix = f"delete {folder} to start the run over, or pass another --out"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read {path} ({exc}); {fix}") from exc
+        ints = [f.name for f in fields(cls) if f.name != "rng"]
+        if not isinstance(data, dict) or any(type(data.get(k)) is not int or data[k] < 0 for k in ints) \
+                or not isinstance(data.get("rng", {}), dict):
+            raise ConfigError(f"{path} is not a feval trainer state (needs non-negative integers {ints}); {fix}")
+        return cls(**{k: data[k] for k in ints}, rng=data.get("rng", {}))
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
@@ -98,9 +128,8 @@ def save_state(folder: Path, model: Any, optimizer: Any, accelerator: Any, step:
         named = {n: p.detach().contiguous().cpu() for n, p in model.trainable_parameters()}
         save_file(named, str(tmp / TRAINABLE_FILE))
         save_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, tmp)
-        state = {"step": step, "epoch": epoch, "micro_in_epoch": micro_in_epoch, "micro_steps": accelerator.step,
-                 "num_processes": accelerator.num_processes, "rng": _json_rng(_rng_state())}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        TrainerState(step, epoch, micro_in_epoch, accelerator.step, accelerator.num_processes,
+                     _json_rng(_rng_state())).save(tmp)
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if folder.exists():
@@ -110,13 +139,13 @@ def save_state(folder: Path, model: Any, optimizer: Any, accelerator: Any, step:
     accelerator.wait_for_everyone()
 
 
-def load_state(folder: Path, model: Any, optimizer: Any, accelerator: Any) -> tuple[int, int, int, int]:
-    """Restore what :func:`save_state` wrote; returns (step, epoch, micro-batch in epoch, micro-steps done)."""
+def load_state(folder: Path, model: Any, optimizer: Any, accelerator: Any) -> TrainerState:
+    """Restore the weights, optimizer and RNGs that :func:`save_state` wrote; returns where the run stands."""
     from safetensors.torch import load_file
 
-    state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    if state["num_processes"] != accelerator.num_processes:
-        raise ConfigError(f"the saved state is from {state['num_processes']} processes but this run has "
+    state = TrainerState.load(folder)
+    if state.num_processes != accelerator.num_processes:
+        raise ConfigError(f"the saved state is from {state.num_processes} processes but this run has "
                           f"{accelerator.num_processes}; resume with the same number of processes")
     saved = load_file(str(folder / TRAINABLE_FILE))
     named = dict(model.trainable_parameters())
@@ -132,6 +161,7 @@ def load_state(folder: Path, model: Any, optimizer: Any, accelerator: Any) -> tu
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-    _restore_json_rng(state["rng"])
-    return int(state["step"]), int(state["epoch"]), int(state["micro_in_epoch"]), int(state["micro_steps"])
+    if state.rng:
+        _restore_json_rng(state.rng)
+    return state
 

@@ -344,3 +344,15 @@ def test_unreadable_images_are_left_out_with_a_record_and_training_goes_on(small
     assert {Path(s["image"]).name for s in skipped} == {"broken.png", "broken_ref.png"}
     assert all(s["error"] for s in skipped)
     assert FEvalScorer.from_pretrained(tmp_path / "run", device="cpu").model.trained
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"step": "4"}', "[]", '{"step": 1, "epoch": 0, "micro_in_epoch": -1, '
+                                  '"micro_steps": 2, "num_processes": 1}'])
+def test_a_damaged_trainer_state_is_refused_with_the_fix(tmp_path, text):
+    from feval_core.train_state import STATE_FILE, TrainerState
+
+    (tmp_path / STATE_FILE).write_text(text)
+    with pytest.raises(ConfigError, match="start the run over"):
+        TrainerState.load(tmp_path)
+    TrainerState(3, 1, 2, 6, 2, {"python": [3, [1], None]}).save(tmp_path)
+    assert TrainerState.load(tmp_path) == TrainerState(3, 1, 2, 6, 2, {"python": [3, [1], None]})
