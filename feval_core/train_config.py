@@ -139,18 +139,25 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
+        """Read a run's ``train_config.json`` (a file or the run folder); unknown keys and bad values refused."""
+        from .config import read_json_config
+
         path = Path(path)
         if path.is_dir():
             path = path / TRAIN_CONFIG_NAME
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read {path} ({exc}); it is written by `feval train` in the run folder") from exc
+        if not path.is_file():
+            raise ConfigError(f"{path} not found; `feval train` writes it in the run folder")
+        data = read_json_config(path, "a feval train config")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{path}: unknown keys {unknown}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: {exc}; it is written by `feval train`, do not edit it by hand") from exc
 
     @property
     def stages(self) -> tuple[str, ...]:

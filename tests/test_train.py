@@ -69,6 +69,11 @@ def test_train_config_validates_and_round_trips(tmp_path):
     with pytest.raises(ConfigError, match="copy_base needs a local backbone folder"):
         TrainConfig(manifest="m", base="org/model", out="o", copy_base=True)
     assert TrainConfig(manifest="m", base="b", out="o", schedule="levels").score_mode == "levels"
+    for damaged in ("[]", '{"manifest": "m"}', '{"manifest": "m", "base": "b", "out": "o", "lr": "fast"}',
+                    '{"manifest": "m", "base": "b", "out": "o", "epochs": 0}', '{"manifest": "m", "extra": 1}'):
+        (tmp_path / TRAIN_CONFIG_NAME).write_text(damaged)
+        with pytest.raises(ConfigError, match="train_config.json"):
+            TrainConfig.load(tmp_path)
     assert TrainConfig(manifest="m", base="b", out="o", schedule="two_stage").stages == ("levels", "regression")
 
 
