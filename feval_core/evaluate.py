@@ -30,6 +30,17 @@ ALL_TASKS = "all"
 METRICS: tuple[str, ...] = ("srcc", "krcc", "plcc", "plcc_fit")
 METRIC_TITLES = {"srcc": "SRCC", "krcc": "KRCC", "plcc": "PLCC", "plcc_fit": "PLCC (fit)"}
 TABLE_CSV, TABLE_MD, PREDICTIONS = "eval_table.csv", "eval_table.md", "predictions.jsonl"
+PAPER_FEVAL: dict[tuple[str, str], tuple[float, float, float]] = {
+    ("generation", "quality"): (0.8486, 0.6670, 0.9085),
+    ("generation", "authenticity"): (0.8312, 0.6585, 0.8578),
+    ("generation", "correspondence"): (0.8471, 0.6637, 0.9106),
+    ("customization", "quality"): (0.9462, 0.7961, 0.9461),
+    ("customization", "identity"): (0.9188, 0.7640, 0.9322),
+    ("customization", "correspondence"): (0.9460, 0.7959, 0.9457),
+}
+"""F-Eval's SRCC / KRCC / PLCC on the FaceQ test sets as the paper reports them (F-Bench project page), for the
+"paper" column. Restoration is reported there per synthetic / real-world subset, which a manifest does not
+tell apart, so it has no entry."""
 
 
 @dataclass
@@ -165,11 +176,17 @@ def evaluate(scorer: Any, rows: Sequence[ManifestRow], *, dims: Sequence[str] | 
 
 
 def format_table(table: Sequence[dict[str, Any]], style: str = "text") -> str:
-    """Rows task x dimension, columns N, SRCC, KRCC, PLCC, PLCC (fit); ``style`` is ``text`` or ``markdown``."""
+    """Rows task x dimension, columns N, SRCC, KRCC, PLCC, PLCC (fit), and the paper's F-Eval numbers where it
+    reports the same task and dimension (:data:`PAPER_FEVAL`); ``style`` is ``text`` or ``markdown``."""
     if style not in ("text", "markdown"):
         raise ValueError(f"style must be 'text' or 'markdown', got {style!r}")
     header = ["Task", "Dimension", "N", *(METRIC_TITLES[m] for m in METRICS)]
     body = [[r["task"], r["dimension"], str(r["n"]), *(_fmt(r[m]) for m in METRICS)] for r in table]
+    if any((r["task"], r["dimension"]) in PAPER_FEVAL for r in table):
+        header.append("Paper F-Eval SRCC/KRCC/PLCC")
+        for r, cells in zip(table, body):
+            ref = PAPER_FEVAL.get((r["task"], r["dimension"]))
+            cells.append("/".join(f"{v:.4f}" for v in ref) if ref else "")
     if style == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in body]

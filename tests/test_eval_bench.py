@@ -93,6 +93,10 @@ def test_correlation_rows_per_task_and_overall_agree_with_scipy_to_1e6():
         assert abs(r["plcc"] - stats.pearsonr(x, y)[0]) < 1e-6
     text = format_table(table)
     assert len(text.splitlines()) == len(table) + 2
+    lines = {tuple(line.split()[:2]): line for line in text.splitlines()[2:]}
+    assert "Paper F-Eval SRCC/KRCC/PLCC" in text.splitlines()[0]
+    assert lines[("generation", "quality")].endswith("0.8486/0.6670/0.9085")  # the paper's row, beside ours
+    assert "/" not in lines[("restoration", "quality")], "no paper number: the paper splits restoration in two"
     assert format_table(table, "markdown").count("\n") == len(table) + 1
 
 
