@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .dimensions import DIMENSIONS
-from .manifest import TASKS, ManifestRow
+from .manifest import TASKS, ManifestRow, reference_of
 from .metrics import correlation_table, fit_logistic4, logistic4
 
 logger = logging.getLogger(__name__)
@@ -97,13 +97,6 @@ class EvalReport:
 
 def _csv_num(v: float) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6f}"
-
-
-def reference_of(row: ManifestRow) -> Path | None:
-    """The reference face of a row for identity: ``ref``, or for a restoration without one, its ``lq`` input."""
-    if row.ref is not None:
-        return row.ref
-    return row.lq if row.task == "restoration" else None
 
 
 def predict(scorer: Any, rows: Sequence[ManifestRow], *, dims: Sequence[str] | None = None, batch_size: int = 8,

@@ -228,3 +228,10 @@ def _summarise(header: str, errors: list[str]) -> str:
     more = len(errors) - len(shown)
     tail = f"\n  ... and {more} more" if more else ""
     return f"{header} ({len(errors)} problem{'s' * (len(errors) != 1)}):\n  " + "\n  ".join(shown) + tail
+
+
+def reference_of(row: ManifestRow) -> Path | None:
+    """The reference face of a row for identity: ``ref``, or for a restoration without one, its ``lq`` input."""
+    if row.ref is not None:
+        return row.ref
+    return row.lq if row.task == "restoration" else None

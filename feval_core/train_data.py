@@ -20,7 +20,7 @@ import torch
 
 from .dimensions import DIMENSIONS, EVAL_PROMPTS
 from .errors import ImageInputError, ManifestError
-from .manifest import ManifestRow, read_manifest, write_manifest
+from .manifest import ManifestRow, read_manifest, reference_of, write_manifest
 from .train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def expand_rows(rows: Sequence[ManifestRow], dims: Sequence[str] | None = None) 
         for dim in DIMENSIONS:
             if dim not in row.mos or dim not in wanted:
                 continue
-            ref = row.ref if row.ref is not None else (row.lq if row.task == "restoration" else None)
+            ref = reference_of(row)
             if dim == "identity" and ref is None:
                 raise ManifestError(f"line {row.line} ({row.image}): identity MOS needs a 'ref' (or 'lq' for a "
                                     "restoration)")
