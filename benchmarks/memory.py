@@ -49,7 +49,7 @@ def write_images(folder: Path, count: int, size: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from feval_core.facepack import draw_tiny_face
+    from feval_core.testing.facepack import draw_tiny_face
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from feval_core.tiny import make_tiny_checkpoint
+    from feval_core.testing.tiny import make_tiny_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="feval-mem-"))
     try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which training schedule learns best: held-out SRCC per dimension after the same number of steps.
 
-Trains the tiny F-Eval on the synthetic task of :mod:`feval_core.synthetic` (each MOS a known function of
+Trains the tiny F-Eval on the synthetic task of :mod:`feval_core.testing.synthetic` (each MOS a known function of
 visible content) once per schedule, from the same data, backbone, seed and step budget, and prints one row
 per schedule (and per seed): SRCC per dimension, their mean and the training time. The schedule with the
 best mean SRCC is the one to make the default.
@@ -45,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from feval_core.dimensions import DIMENSIONS
-    from feval_core.synthetic import prepare_synthetic_task, synthetic_train_config
-    from feval_core.train import train
+    from feval_core.testing.synthetic import (
+        prepare_synthetic_task,
+        synthetic_train_config,
+    )
+    from feval_core.train.loop import train
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory() as tmp:

@@ -95,14 +95,16 @@ def build_scorer(spec: BackboneSpec, *, device: str, dtype: torch.dtype, max_pix
                  face_pack: str, det_size: int, attn: str, lora_rank: int = 16, face_tokens: int = 4) -> Any:
     """A complete FEvalScorer around a randomly initialised backbone built on ``device``."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
 
-    from feval_core.backbone import _image_only_processor_class
-    from feval_core.config import FaceEncoderConfig, FEvalConfig
-    from feval_core.faces import FaceEncoder
-    from feval_core.model import FEvalModel
-    from feval_core.scorer import FEvalScorer
-    from feval_core.tiny import build_tokenizer
+    from feval_core.faces.encoder import FaceEncoder
+    from feval_core.model.backbone import _image_only_processor_class
+    from feval_core.model.config import FaceEncoderConfig, FEvalConfig
+    from feval_core.model.lmm import FEvalModel
+    from feval_core.scoring.scorer import FEvalScorer
+    from feval_core.testing.tiny import build_tokenizer
 
     tok = build_tokenizer("qwen2_5_vl")  # synthetic tokenizer; the vocabulary size below is the real one
     text = dict(vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
@@ -142,7 +144,7 @@ def write_images(folder: Path, count: int, size: int, seed: int = 0) -> list[str
     """Synthetic JPEG face images (a tiny-pack face on textured dark background)."""
     from PIL import Image
 
-    from feval_core.facepack import draw_tiny_face
+    from feval_core.testing.facepack import draw_tiny_face
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -245,7 +247,7 @@ def peak_memory_gib(device: str) -> float:
 
 def measure_fast(scorer: Any, paths: list[str], ref: str, batch: int, device: str) -> dict[str, Any]:
     """Images/s of 4-dimension scoring through ``iter_scores``, and the work it did."""
-    from feval_core.batching import PassStats
+    from feval_core.model.batching import PassStats
 
     stats = PassStats()
     scorer.model.stats = stats
@@ -268,8 +270,8 @@ def measure_fast(scorer: Any, paths: list[str], ref: str, batch: int, device: st
 
 def measure_prep(scorer: Any, paths: list[str], batch: int) -> float:
     """Images/s of the CPU side alone (decode, face detection, image processor) with the scorer's workers."""
-    from feval_core.images import load_image, pad_to_aspect
-    from feval_core.pipeline import ObjectPool, Prefetcher, chunked
+    from feval_core.inputs.images import load_image, pad_to_aspect
+    from feval_core.inputs.prefetch import ObjectPool, Prefetcher, chunked
 
     pool = ObjectPool(lambda: copy.deepcopy(scorer.model.processor))
 
@@ -288,8 +290,8 @@ def measure_prep(scorer: Any, paths: list[str], batch: int) -> float:
 def measure_naive(scorer: Any, paths: list[str], ref: str, device: str) -> float:
     """Images/s scoring one image, one dimension, one forward at a time (model already in fp32)."""
     from feval_core.dimensions import DIMENSIONS
-    from feval_core.images import load_image, pad_to_aspect
-    from feval_core.model import Row
+    from feval_core.inputs.images import load_image, pad_to_aspect
+    from feval_core.model.rows import Row
 
     model, faces = scorer.model, scorer.face_encoder
     ref_img = pad_to_aspect(load_image(ref))
@@ -315,7 +317,10 @@ def measure_naive(scorer: Any, paths: list[str], ref: str, device: str) -> float
 
 def measure_ablations(scorer: Any, paths: list[str], ref: str, batch: int, device: str) -> dict[str, float]:
     """Images/s with one speed-up switched off at a time (each gain measured against the full fast path)."""
-    from feval_core.vision_attention import batch_window_attention, restore_window_attention
+    from feval_core.model.vision_attention import (
+        batch_window_attention,
+        restore_window_attention,
+    )
 
     out = {"fast path": measure_fast(scorer, paths, ref, batch, device)["img_per_s"]}
     for label, attr, off in (("no vision sharing", "share_vision", False), ("no length buckets", "bucket", False),
@@ -417,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="feval-bench-"))
     face_root = Path(args.face_root) if args.face_root else work / "faces"
     if not args.face_root:
-        from feval_core.facepack import write_tiny_face_pack
+        from feval_core.testing.facepack import write_tiny_face_pack
 
         write_tiny_face_pack(face_root, name=args.face_pack)
     images = {s: write_images(work / f"img{s}", max(per_run(n_images, b) for b in batches) + 1, s) for s in sizes}
@@ -481,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "img_per_s": measure_ablations(scorer, paths, refs[size], best["batch"],
                                                                          device)})
         if not args.no_naive and n_naive > 0:
-            from feval_core.vision_attention import restore_window_attention
+            from feval_core.model.vision_attention import restore_window_attention
 
             scorer.model.float()  # the naive path: fp32 weights (experts and heads included)
             restore_window_attention(scorer.model.backbone)  # and transformers' own per-window vision loop

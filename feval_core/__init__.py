@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _moved
 from .dimensions import DIMENSIONS
 from .errors import (
     CheckpointError,
@@ -20,10 +21,14 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .scorer import FEvalScorer, ScoreResult
+_moved.install()  # old flat module paths (feval_core.images, ...) keep working, with a warning
 
-_LAZY = {"FEvalScorer": "scorer", "ScoreResult": "scorer", "FEvalConfig": "config"}
+if TYPE_CHECKING:  # pragma: no cover
+    from .model.config import FEvalConfig
+    from .scoring.result import ScoreResult
+    from .scoring.scorer import FEvalScorer
+
+_LAZY = {"FEvalScorer": "scoring.scorer", "ScoreResult": "scoring.result", "FEvalConfig": "model.config"}
 
 
 def __getattr__(name: str) -> Any:

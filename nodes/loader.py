@@ -9,10 +9,17 @@ from pathlib import Path
 from comfy_api.latest import io
 
 from feval_core import FEvalError, FEvalScorer
-from feval_core.config import CONFIG_NAME, FEvalConfig
+from feval_core.model.config import CONFIG_NAME, FEvalConfig
 
 from . import paths
-from .patcher import DEVICE_AUTO, DTYPES, FEvalHandle, device_options, pick_dtype, placement
+from .patcher import (
+    DEVICE_AUTO,
+    DTYPES,
+    FEvalHandle,
+    device_options,
+    pick_dtype,
+    placement,
+)
 from .sockets import CATEGORY, FEvalModel
 
 logger = logging.getLogger(__name__)

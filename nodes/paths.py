@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import folder_paths
 
-from feval_core.config import CONFIG_NAME
+from feval_core.model.config import CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from feval_core import DIMENSIONS
+from feval_core.scoring.result import weighted_mean
 
 from .scores import fmt
 
@@ -26,21 +27,9 @@ class Selection:
 
 
 def weighted_total(values: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
-    """Weighted mean over the dimensions each image has a score for: ``[B, 4] -> [B]`` on 0-100.
-
-    A dimension that is NaN for an image is left out of that image's mean (not counted as zero); an
-    image with no weighted dimension scored gets NaN.
-    """
-    w = torch.as_tensor([float(x) for x in weights], dtype=torch.float32)
-    if w.shape != (len(DIMENSIONS),) or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
-        raise ValueError(f"weights must be {len(DIMENSIONS)} finite numbers >= 0 ({', '.join(DIMENSIONS)}), "
-                         f"got {list(weights)}")
-    vals = values.float()
-    use = ~torch.isnan(vals) & (w > 0)
-    num = torch.where(use, vals * w, torch.zeros_like(vals)).sum(1)
-    den = torch.where(use, w.expand_as(vals), torch.zeros_like(vals)).sum(1)
-    total = num / den.clamp(min=1e-12)
-    return torch.where(den > 0, total, torch.full_like(total, math.nan))
+    """Weighted mean over the dimensions each image has a score for: ``[B, 4] -> [B]`` on 0-100 (NaN when an image
+    has no weighted dimension scored); :func:`feval_core.scoring.result.weighted_mean`."""
+    return weighted_mean(values.float(), list(weights))
 
 
 def rank(indices: Sequence[int], totals: torch.Tensor) -> list[int]:

@@ -12,7 +12,8 @@ import torch
 from comfy_api.latest import io, ui
 
 from feval_core import DIMENSIONS
-from feval_core.faces import FaceEncoder, arcface_identity_score
+from feval_core.faces.encoder import FaceEncoder
+from feval_core.faces.identity import cosine, identity_blocker, zero_shot_identity
 
 from . import paths
 from .images import to_uint8
@@ -87,27 +88,23 @@ class FaceSimilarity(io.ComfyNode):
         else:
             encoder = load_face_encoder(face_pack, device)
         bar = comfy.utils.ProgressBar(n + len(refs))
-        ref_embs = []
+        ref_infos = []
         for r in refs:
             mm.throw_exception_if_processing_interrupted()
-            ref_embs.append(encoder.embed(r))
+            ref_infos.append(encoder.analyze(r))
             bar.update(1)
-        cosines, notes, faces = [], [], []
+        cosines, identity, notes, faces = [], [], [], []
         for i, img in enumerate(batch):
             mm.throw_exception_if_processing_interrupted()
             info = encoder.analyze(img)
-            ref = ref_embs[0] if len(ref_embs) == 1 else ref_embs[i]
-            why = []
-            if not info.has_face:
-                why.append("no face detected in the image")
-            if ref is None:
-                why.append("no face detected in the reference image")
-            cosines.append(FaceEncoder.cosine(info.embedding, ref))
-            notes.append(why)
+            ref_info = ref_infos[0] if len(ref_infos) == 1 else ref_infos[i]
+            blocked = identity_blocker(True, info, ref_info)  # the engine's identity rule, as the scorer applies it
+            cosines.append(math.nan if blocked else cosine(info.embedding, ref_info.embedding))
+            identity.append(math.nan if blocked else zero_shot_identity(info, ref_info))
+            notes.append(([] if info.has_face else ["no face detected in the image"]) + ([blocked] if blocked else []))
             faces.append(int(info.num_faces))
             bar.update(1)
         values = torch.full((n, len(DIMENSIONS)), math.nan, dtype=torch.float32)
-        identity = [arcface_identity_score(c) for c in cosines]
         values[:, DIMENSIONS.index("identity")] = torch.tensor(identity, dtype=torch.float32)
         scores = FEvalScores(values, ("identity",), faces, notes, METHOD)
         report = scores.to_text() + "\ncosine: " + ", ".join(

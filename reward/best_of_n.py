@@ -23,7 +23,7 @@ from feval_core.dimensions import DIMENSIONS
 from .core import Weights, feval_reward, get_scorer, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
-    from feval_core.scorer import FEvalScorer
+    from feval_core.scoring.scorer import FEvalScorer
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from feval_core.dimensions import DIMENSIONS, parse_dims
+from feval_core.scoring.result import weighted_mean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from feval_core.scorer import FEvalScorer, ScoreResult
+    from feval_core.scoring.result import ScoreResult
+    from feval_core.scoring.scorer import FEvalScorer
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def get_scorer(scorer: FEvalScorer | str | Path | None = None, *, device: str | 
         raise RuntimeError(
             f"no F-Eval scorer given: pass scorer=FEvalScorer.from_pretrained(...) (or a checkpoint path), or set "
             f"{MODEL_ENV} to a checkpoint folder or hub id (and optionally {DEVICE_ENV}=cuda:0)")
-    from feval_core.scorer import FEvalScorer, default_device
+    from feval_core.scoring.scorer import FEvalScorer, default_device
 
     dev = str(device or os.environ.get(DEVICE_ENV) or default_device())
     key = (str(source), dev)
@@ -105,19 +107,9 @@ def weighted_dims(weights: Mapping[str, float]) -> tuple[str, ...]:
 
 
 def weighted_reward(scores: torch.Tensor, weights: Mapping[str, float], nan_reward: float = 0.0) -> torch.Tensor:
-    """``[B, 4]`` scores (NaN = not scored) -> ``[B]`` weighted means over the scored weighted dimensions.
-
-    Rows without any scored weighted dimension get ``nan_reward``. Differentiable in ``scores`` (NaN
-    entries get zero gradient).
-    """
-    if scores.ndim != 2 or scores.shape[1] != len(DIMENSIONS):
-        raise ValueError(f"scores must be [B, {len(DIMENSIONS)}] in {DIMENSIONS} order, got {list(scores.shape)}")
-    w = torch.tensor([weights.get(d, 0.0) for d in DIMENSIONS], dtype=scores.dtype, device=scores.device)
-    avail = ~torch.isnan(scores) & (w > 0)
-    safe = torch.where(avail, scores, torch.zeros_like(scores))
-    den = (avail * w).sum(1)
-    mean = (safe * w).sum(1) / den.clamp(min=torch.finfo(scores.dtype).tiny)
-    return torch.where(den > 0, mean, torch.full_like(mean, float(nan_reward)))
+    """``[B, 4]`` scores (NaN = not scored) -> ``[B]`` weighted means over the scored weighted dimensions
+    (:func:`feval_core.scoring.result.weighted_mean`); rows without any get ``nan_reward``."""
+    return weighted_mean(scores, weights, empty=nan_reward)
 
 
 def feval_reward(

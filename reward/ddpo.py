@@ -20,7 +20,7 @@ import torch
 from .core import Weights, feval_reward, get_scorer, resolve_weights, weighted_dims
 
 if TYPE_CHECKING:  # pragma: no cover
-    from feval_core.scorer import FEvalScorer
+    from feval_core.scoring.scorer import FEvalScorer
 
 logger = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from feval_core.images import load_image
+from feval_core.inputs.images import load_image
 
 from .best_of_n import candidate_seeds, generate_candidates
 from .core import Weights, feval_reward, get_scorer, resolve_weights
 
 if TYPE_CHECKING:  # pragma: no cover
-    from feval_core.scorer import FEvalScorer
+    from feval_core.scoring.scorer import FEvalScorer
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 from .core import Weights, feval_reward, get_scorer, resolve_weights, weighted_dims
 
 if TYPE_CHECKING:  # pragma: no cover
-    from feval_core.scorer import FEvalScorer
+    from feval_core.scoring.scorer import FEvalScorer
 
 FlowGRPOFn = Callable[..., tuple[dict[str, np.ndarray], dict[str, Any]]]
 

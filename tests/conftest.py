@@ -20,7 +20,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def tiny_ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Lazily built tiny checkpoints, one per backbone family."""
-    from feval_core.tiny import make_tiny_checkpoint
+    from feval_core.testing.tiny import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("ckpts")
     built: dict[str, Path] = {}
@@ -49,7 +49,7 @@ def tiny_scorer(tiny_ckpt: Path):
 def face_image(seed: int = 0, size: int = 128, box: tuple[int, int, int, int] | None = None,
                background: int = 20) -> np.ndarray:
     """An RGB uint8 image with one tiny-pack 'face' (identity = seed) drawn in it."""
-    from feval_core.facepack import draw_tiny_face
+    from feval_core.testing.facepack import draw_tiny_face
 
     img = np.full((size, size, 3), background, dtype=np.uint8)
     box = box or (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
@@ -69,9 +69,9 @@ def faces() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def learn_task(tmp_path_factory: pytest.TempPathFactory):
-    """The synthetic task of feval_core.synthetic (1000 train / 200 held-out images, tiny backbone and face pack),
+    """The synthetic task of feval_core.testing.synthetic (1000 train / 200 held-out images, tiny backbone and face pack),
     built once per session."""
-    from feval_core.synthetic import prepare_synthetic_task
+    from feval_core.testing.synthetic import prepare_synthetic_task
 
     return prepare_synthetic_task(tmp_path_factory.mktemp("learn"))
 
@@ -79,7 +79,7 @@ def learn_task(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def learned_run(learn_task):
     """The tiny F-Eval trained on the synthetic task with the default recipe (a TrainResult), once per session."""
-    from feval_core.synthetic import synthetic_train_config
-    from feval_core.train import train
+    from feval_core.testing.synthetic import synthetic_train_config
+    from feval_core.train.loop import train
 
     return train(synthetic_train_config(learn_task, learn_task.data.parent / "run"))

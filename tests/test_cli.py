@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from feval_core.cli import main
-from feval_core.results import ResultsWriter, read_results
+from feval_core.inputs.results import ResultsWriter, read_results
 
 
 @pytest.fixture()
@@ -49,7 +49,7 @@ def test_rerun_resumes_without_rescoring(tiny_ckpt, image_dir, tmp_path, monkeyp
     assert main(["score", str(image_dir), "--model", str(tiny_ckpt), "--out", str(out), "--device", "cpu"]) == 0
     first = out.read_bytes()
 
-    import feval_core.scorer as scorer_mod
+    import feval_core.scoring.scorer as scorer_mod
 
     def boom(*a, **k):
         raise AssertionError("nothing is left to score: the model must not even load")

@@ -51,7 +51,7 @@ def test_batched_dimensions_equal_separate_passes(tiny_ckpts, faces, family):
 
 def test_experts_are_distinct_per_dimension(tiny_scorer, faces):
     """Same image, same text except the dimension: the per-row expert must change the hidden state."""
-    from feval_core.model import Row
+    from feval_core.model.rows import Row
 
     m = tiny_scorer.model
     rows = [Row(Image.fromarray(faces["a"]), "quality"), Row(Image.fromarray(faces["a"]), "quality")]
@@ -83,7 +83,7 @@ def test_empty_prompt_counts_as_missing(tiny_scorer, faces):
 
 def test_face_tokens_change_the_score(tiny_scorer, faces):
     """The facial projector is wired in: a different face embedding changes the hidden state."""
-    from feval_core.model import Row
+    from feval_core.model.rows import Row
 
     m = tiny_scorer.model
     img = Image.fromarray(faces["a"])
@@ -152,7 +152,8 @@ def test_zero_shot_from_a_plain_vlm_folder(tiny_ckpt, faces):
 
 
 def test_zero_shot_identity_is_arcface_cosine(zero_shot, faces):
-    from feval_core.faces import FaceEncoder, arcface_identity_score
+    from feval_core.faces.encoder import FaceEncoder
+    from feval_core.faces.identity import arcface_identity_score
 
     res = zero_shot.score([faces["a"], faces["b"], faces["none"]], refs=faces["a_moved"], dims=["identity"])
     fe = zero_shot.face_encoder
@@ -169,7 +170,7 @@ def test_zero_shot_reference_without_face_is_nan_with_reason(zero_shot, faces):
 
 
 def test_zero_shot_levels_are_a_probability_average(zero_shot, faces):
-    from feval_core.model import Row
+    from feval_core.model.rows import Row
 
     m = zero_shot.model
     with torch.no_grad():
@@ -199,7 +200,7 @@ def test_pickle_in_checkpoint_is_refused(tiny_ckpt, tmp_path):
     ({"format_version": 99}, "Upgrade feval"),
 ])
 def test_config_validation_names_the_problem(tiny_ckpt, tmp_path, patch, message):
-    from feval_core.config import FEvalConfig
+    from feval_core.model.config import FEvalConfig
 
     data = json.loads((tiny_ckpt / "feval_config.json").read_text())
     for k, v in patch.items():
@@ -210,7 +211,7 @@ def test_config_validation_names_the_problem(tiny_ckpt, tmp_path, patch, message
 
 
 def test_malformed_and_oversized_configs_are_refused(tmp_path):
-    from feval_core.config import FEvalConfig
+    from feval_core.model.config import FEvalConfig
 
     (tmp_path / "feval_config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):

@@ -13,7 +13,9 @@ import pytest
 from scipy import stats
 
 from feval_core import DIMENSIONS, FEvalScorer
-from feval_core.bench import (
+from feval_core.data.manifest import read_manifest
+from feval_core.errors import ManifestError
+from feval_core.evaluate.bench import (
     BOARD_CSV,
     BOARD_MD,
     RADAR_PNG,
@@ -22,10 +24,8 @@ from feval_core.bench import (
     leaderboard,
     mean_ci,
 )
-from feval_core.errors import ManifestError
-from feval_core.evaluate import Prediction, correlation_rows, format_table
-from feval_core.manifest import read_manifest
-from feval_core.metrics import fit_logistic4, logistic4
+from feval_core.evaluate.metrics import fit_logistic4, logistic4
+from feval_core.evaluate.report import Prediction, correlation_rows, format_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -104,7 +104,7 @@ def test_correlation_rows_per_task_and_overall_agree_with_scipy_to_1e6():
 @pytest.fixture(scope="module")
 def bench_root(tmp_path_factory) -> Path:
     """Three generators of different quality (noise), prompts in a shared prompts.jsonl, references in refs/."""
-    from feval_core.synthetic import make_synthetic_manifest
+    from feval_core.testing.synthetic import make_synthetic_manifest
 
     root = tmp_path_factory.mktemp("bench")
     gens = {"clean": (0.0, 0.25), "medium": (0.35, 0.6), "noisy": (0.75, 1.0)}

@@ -13,8 +13,13 @@ import pytest
 from PIL import Image
 
 from feval_core.errors import FaceModelError, ImageInputError
-from feval_core.facepack import TINY_PACK_NAME, draw_tiny_face, write_tiny_face_pack
-from feval_core.faces import FaceEncoder, FaceInfo, arcface_identity_score, select_providers
+from feval_core.faces.encoder import FaceEncoder, FaceInfo, select_providers
+from feval_core.faces.identity import arcface_identity_score
+from feval_core.testing.facepack import (
+    TINY_PACK_NAME,
+    draw_tiny_face,
+    write_tiny_face_pack,
+)
 
 
 @pytest.fixture(scope="session")
@@ -199,7 +204,7 @@ def test_cuda_without_cuda_provider_falls_back_to_cpu(
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    with caplog.at_level(logging.WARNING, logger="feval_core.faces"):
+    with caplog.at_level(logging.WARNING, logger="feval_core.faces.encoder"):
         assert select_providers("cuda") == (["CPUExecutionProvider"], -1)
     assert "CUDAExecutionProvider" in caplog.text
     enc = FaceEncoder(TINY_PACK_NAME, root=face_root, device="cuda:0")

@@ -1,4 +1,4 @@
-"""Tests for feval_core.images: every input kind users pass, and every way it can be wrong.
+"""Tests for feval_core.inputs.images: every input kind users pass, and every way it can be wrong.
 
 All images are generated inside the tests; no binary files are committed.
 """
@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageFile
 
 from feval_core.errors import ImageInputError, InputMismatchError
-from feval_core.images import (
+from feval_core.inputs.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     MAX_SIDE,
@@ -279,7 +279,7 @@ def test_animated_file_gives_first_frame(tmp_path, caplog, fmt, ext):
     path = tmp_path / f"anim{ext}"
     kwargs = {"lossless": True} if fmt == "WEBP" else {}
     frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=100, **kwargs)
-    with caplog.at_level(logging.DEBUG, logger="feval_core.images"):
+    with caplog.at_level(logging.DEBUG, logger="feval_core.inputs.decode"):
         im = load_image(path)
     assert_rgb(im, (8, 8))
     assert_close(im.getpixel((4, 4)), (255, 0, 0), tol=2)
@@ -923,7 +923,7 @@ def test_expand_folder(tmp_path, recursive, expected, as_path):
 def test_folder_without_images_gives_nothing(tmp_path, caplog, content):
     for name in content:
         (tmp_path / name).write_text("x")
-    with caplog.at_level(logging.WARNING, logger="feval_core.images"):
+    with caplog.at_level(logging.WARNING, logger="feval_core.inputs.images"):
         assert expand_inputs(tmp_path) == []
     assert "folder holds no image files" in caplog.text
 
@@ -1016,7 +1016,7 @@ def test_load_image_refuses_a_list():
 
 
 def test_import_does_not_load_torch():
-    code = "import sys, feval_core.images; assert 'torch' not in sys.modules"
+    code = "import sys, feval_core.inputs.images; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 

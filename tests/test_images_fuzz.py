@@ -1,4 +1,4 @@
-"""Property tests for feval_core.images: random arrays, tensors, PIL images and corrupted files.
+"""Property tests for feval_core.inputs.images: random arrays, tensors, PIL images and corrupted files.
 
 For every input, ``expand_inputs`` + ``load_image`` either give RGB images whose count, size and pixels
 follow the documented layout rules, or raise ImageInputError; never another exception.
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from feval_core.errors import ImageInputError
-from feval_core.images import expand_inputs, load_image
+from feval_core.inputs.images import expand_inputs, load_image
 
 CHANNELS = (1, 3, 4)
 FUZZ = settings(

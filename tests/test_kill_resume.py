@@ -24,7 +24,7 @@ from PIL import Image
 
 from feval_core.cli import main
 from feval_core.dimensions import DIMENSIONS
-from feval_core.results import ResultsWriter, read_results
+from feval_core.inputs.results import ResultsWriter, read_results
 
 N_IMAGES = 24
 REPO = Path(__file__).resolve().parents[1]

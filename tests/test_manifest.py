@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from feval_core.data.faceq import import_faceq
+from feval_core.data.manifest import ManifestRow, read_manifest, write_manifest
+from feval_core.data.splits import split_rows, write_splits
 from feval_core.errors import ManifestError
-from feval_core.faceq import import_faceq
-from feval_core.manifest import ManifestRow, read_manifest, write_manifest
-from feval_core.splits import split_rows, write_splits
-
 
 
 def _touch(root: Path, *rels: str) -> None:
@@ -149,7 +148,7 @@ def test_faceq_headerless_txt_per_dimension_merges_and_rescales(tmp_path: Path, 
     (mos / "quality.txt").write_text("r1.png 1.0\nr2.png   5\n")  # 1..5 scale
     (mos / "ID.txt").write_text("r1.png\t55.5\nr2.png\t60\n")
     (mos / "pairs.csv").write_text("image,lq\nr1.png,r1_lq.png\nr2.png,restoration/lq/r2_lq.png\n")
-    with caplog.at_level(logging.WARNING, logger="feval_core.faceq"):
+    with caplog.at_level(logging.WARNING, logger="feval_core.data.faceq"):
         rows = import_faceq(root, root / "m.jsonl")
     assert "(x-1)*25" in caplog.text
     got = _by_name(rows)
@@ -288,7 +287,7 @@ def test_write_splits(tmp_path: Path) -> None:
 def test_faceq_spreadsheet_without_its_reader_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
     import importlib.util
 
-    from feval_core import faceq
+    from feval_core.data import faceq
 
     _touch(tmp_path, "images/generation/SDXL/g1.png")
     (tmp_path / "MOSs").mkdir()

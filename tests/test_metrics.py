@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from feval_core.errors import InputMismatchError
-from feval_core.metrics import (
+from feval_core.evaluate.metrics import (
     correlation_table,
     fit_logistic4,
     krcc,
@@ -90,7 +90,7 @@ def test_nan_pairs_are_dropped() -> None:
      ([1, 2, 3, 4, 5], [7.0] * 5), ([], [])],
 )
 def test_degenerate_inputs_give_nan_with_a_warning(pred, mos, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="feval_core.metrics"):
+    with caplog.at_level(logging.WARNING, logger="feval_core.evaluate.metrics"):
         table = correlation_table(pred, mos)
         assert all(math.isnan(f(pred, mos)) for f in (srcc, krcc, plcc, plcc_fitted))
     assert all(math.isnan(table[k]) for k in ("srcc", "krcc", "plcc", "plcc_fit"))
@@ -129,14 +129,14 @@ def test_logistic4_formula_and_extremes() -> None:
 
 
 def test_fit_failure_falls_back_to_raw(monkeypatch, caplog) -> None:
-    from feval_core import metrics
+    from feval_core.evaluate import metrics
 
     def boom(*args, **kwargs):
         raise RuntimeError("Optimal parameters not found")
 
     monkeypatch.setattr(metrics, "curve_fit", boom)
     x, y = _data(50, "none", seed=3)
-    with caplog.at_level(logging.WARNING, logger="feval_core.metrics"):
+    with caplog.at_level(logging.WARNING, logger="feval_core.evaluate.metrics"):
         assert np.isnan(fit_logistic4(x, y)).all()
         assert plcc_fitted(x, y) == pytest.approx(plcc(x, y))
     assert "logistic fit failed" in caplog.text
@@ -147,7 +147,7 @@ def test_too_few_pairs_for_the_logistic_fit_fall_back_to_raw(n: int, caplog) -> 
     """Four parameters need more than four points (scipy raises a TypeError below that, e.g. on a tiny
     validation split); the table still gets SRCC/KRCC/PLCC and the raw PLCC as the fitted one."""
     x, y = np.array([1.0, 2.0, 4.0, 3.0][:n]), np.array([10.0, 30.0, 35.0, 20.0][:n])
-    with caplog.at_level(logging.WARNING, logger="feval_core.metrics"):
+    with caplog.at_level(logging.WARNING, logger="feval_core.evaluate.metrics"):
         assert np.isnan(fit_logistic4(x, y)).all()
         table = correlation_table(x, y)
     assert "needs more than 4 pairs" in caplog.text

@@ -29,7 +29,7 @@ def as_batch(*arrays: np.ndarray) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory: pytest.TempPathFactory, tiny_ckpt: Path) -> SimpleNamespace:
     """A ComfyUI folder with the tiny checkpoint, a base VLM folder and two face packs; the pack loaded."""
-    from feval_core.facepack import write_tiny_face_pack
+    from feval_core.testing.facepack import write_tiny_face_pack
 
     base = tmp_path_factory.mktemp("ComfyUI")
     folder_paths = install(base)
@@ -445,7 +445,7 @@ def test_face_similarity_without_the_lmm(comfy: SimpleNamespace, faces) -> None:
     assert kept[2] == "0,1"
     per_image = node.execute(imgs[:2], as_batch(faces["none"], faces["a"]), "tiny_face", "cpu").args
     assert math.isnan(per_image[0][0]) and per_image[0][1] > 0.99
-    assert "no face detected in the reference image" in per_image[2].notes[0]
+    assert "no face detected in the reference image; identity not scored" in per_image[2].notes[0]
 
 
 def test_face_similarity_reuses_a_loaded_model_and_names_missing_packs(comfy: SimpleNamespace, zero_shot,

@@ -10,12 +10,9 @@ import torch
 from PIL import Image
 
 from feval_core import DIMENSIONS, FEvalScorer
-from feval_core.backbone import load_processor
-from feval_core.differentiable import (
-    aligned_face_crops,
-    pixel_values_from_tensors,
-    supports_processor,
-)
+from feval_core.faces.align import aligned_face_crops
+from feval_core.model.backbone import load_processor
+from feval_core.model.preprocess import pixel_values_from_tensors, supports_processor
 from reward import DifferentiableReward, differentiable_dims, differentiable_reward
 
 SIZES = [(32, 32), (56, 56), (57, 123), (300, 200)]

@@ -69,7 +69,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 def _many_faces() -> np.ndarray:
     """Four tiny-pack faces of different sizes and identities on one dark canvas."""
-    from feval_core.facepack import draw_tiny_face
+    from feval_core.testing.facepack import draw_tiny_face
 
     img = np.full((200, 200, 3), 20, dtype=np.uint8)
 
@@ -82,7 +82,7 @@ def _many_faces() -> np.ndarray:
 def _exif_rotated() -> bytes:
     """A JPEG stored sideways with EXIF Orientation=6 ("rotate 90 degrees clockwise to view")."""
     upright = np.full((96, 160, 3), 20, dtype=np.uint8)
-    from feval_core.facepack import draw_tiny_face
+    from feval_core.testing.facepack import draw_tiny_face
 
     upright = draw_tiny_face(upright, (90, 20, 150, 80), seed=4)
     stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
@@ -374,7 +374,7 @@ def test_empty_inputs_give_empty_results(tiny_scorer):
 # -- lists that do not line up --------------------------------------------------------------------------------
 def _spy_on_work(scorer: FEvalScorer, monkeypatch) -> list[str]:
     """Record image decoding and face detection: 'before any work' means neither happened."""
-    import feval_core.scorer as scorer_mod
+    import feval_core.scoring.scorer as scorer_mod
 
     work: list[str] = []
     real_load = scorer_mod.load_image
@@ -583,7 +583,7 @@ def test_any_image_size_scores_through_detector_and_vlm(tiny_scorer, w, h, level
 @settings(max_examples=200, deadline=None, database=None)
 @given(w=st.integers(1, 5000), h=st.integers(1, 5000), max_aspect=st.sampled_from([1, 2, 50, 200]))
 def test_pad_to_aspect_keeps_every_pixel_and_bounds_the_ratio(w, h, max_aspect):
-    from feval_core.images import pad_to_aspect
+    from feval_core.inputs.images import pad_to_aspect
 
     im = Image.new("RGB", (w, h), (200, 100, 50))
     out = pad_to_aspect(im, max_aspect)

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 from feval_core import DIMENSIONS, FEvalScorer
-from feval_core.batching import PassStats, length_buckets, pad_left
-from feval_core.distributed import merge_parts, part_path, shard_chunks
-from feval_core.experts import contiguous_ranges
-from feval_core.model import Row
-from feval_core.pipeline import ObjectPool, Prefetcher, chunked
+from feval_core.inputs.prefetch import ObjectPool, Prefetcher, chunked
+from feval_core.model.batching import PassStats, length_buckets, pad_left
+from feval_core.model.experts import contiguous_ranges
+from feval_core.model.rows import Row
+from feval_core.scoring.distributed import merge_parts, part_path, shard_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ["qwen2_5_vl", "internvl", "llava"]
@@ -118,7 +118,10 @@ def test_expert_ranges_need_adjacent_names():
 def test_batched_window_attention_equals_the_per_window_loop(tiny_ckpt):
     from transformers import AutoModelForImageTextToText
 
-    from feval_core.vision_attention import batch_window_attention, restore_window_attention
+    from feval_core.model.vision_attention import (
+        batch_window_attention,
+        restore_window_attention,
+    )
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_ckpt / "backbone", attn_implementation="sdpa").eval()
     vision = model.model.visual

@@ -15,22 +15,13 @@ import pytest
 import torch
 
 from feval_core import DIMENSIONS, FEvalScorer
+from feval_core.data.manifest import ManifestRow, read_manifest
 from feval_core.errors import ConfigError, ManifestError
-from feval_core.manifest import ManifestRow, read_manifest
-from feval_core.train import (
-    DEFAULT_SCHEDULE,
-    FACE_CACHE_NAME,
-    LOG_NAME,
-    STATE_DIR,
-    TRAIN_CONFIG_NAME,
-    FaceCache,
-    TrainConfig,
-    expand_rows,
-    expert_hooks,
-    level_targets,
-    lr_factor,
-    train,
-)
+from feval_core.train.config import DEFAULT_SCHEDULE, TRAIN_CONFIG_NAME, TrainConfig
+from feval_core.train.data import FACE_CACHE_NAME, FaceCache, expand_rows
+from feval_core.train.loop import LOG_NAME, train
+from feval_core.train.state import STATE_DIR
+from feval_core.train.steps import expert_hooks, level_targets, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +83,7 @@ class _CountingEncoder:
         self.faces = faces
 
     def analyze(self, img):
-        from feval_core.faces import FaceInfo
+        from feval_core.faces.encoder import FaceInfo
 
         self.calls += 1
         return FaceInfo(num_faces=1, embedding=np.full(512, float(np.asarray(img).mean()), np.float32))
@@ -120,7 +111,7 @@ def test_face_cache_embeds_each_image_once_and_again_when_it_changes(tmp_path, f
 
 # -- gradient paths ----------------------------------------------------------------------------------------
 def _grads(model, batch, mos, gc_hooks: bool):
-    from feval_core.train import TrainStep
+    from feval_core.train.steps import TrainStep
 
     for _, p in model.trainable_parameters():
         p.grad = None
@@ -135,9 +126,10 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_reaches_the_face_pr
     one expert and gives silently wrong gradients."""
     from PIL import Image
 
-    from feval_core.config import FEvalConfig
-    from feval_core.model import FEvalModel, Row
-    from feval_core.train import enable_gradient_checkpointing
+    from feval_core.model.config import FEvalConfig
+    from feval_core.model.lmm import FEvalModel
+    from feval_core.model.rows import Row
+    from feval_core.train.steps import enable_gradient_checkpointing
 
     cfg = FEvalConfig.load(tiny_ckpt)
     torch.manual_seed(0)
@@ -165,7 +157,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_reaches_the_face_pr
 
 
 def test_optimizer_state_round_trips_through_safetensors(tmp_path):
-    from feval_core.train_state import load_optimizer, save_optimizer
+    from feval_core.train.state import load_optimizer, save_optimizer
 
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
@@ -187,10 +179,10 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path):
 
 # -- the learning test -------------------------------------------------------------------------------------
 def test_training_learns_the_synthetic_task(learned_run, learn_task):
-    """Each dimension's MOS is a known function of visible content (feval_core.synthetic); a tiny model trained
+    """Each dimension's MOS is a known function of visible content (feval_core.testing.synthetic); a tiny model trained
     on CPU for a couple of minutes ranks held-out images with SRCC >= 0.8 on every dimension, the untrained
     model does not, and the saved checkpoint scores them the same way through FEvalScorer."""
-    from feval_core.evaluate import evaluate
+    from feval_core.evaluate.report import evaluate
 
     run = learned_run
     assert run.finished and (run.out / "feval_config.json").is_file()
@@ -217,7 +209,7 @@ def test_training_learns_the_synthetic_task(learned_run, learn_task):
 # -- resumable state, data-parallel runs, the command line ---------------------------------------------------
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
-    from feval_core.synthetic import make_synthetic_manifest
+    from feval_core.testing.synthetic import make_synthetic_manifest
 
     root = tmp_path_factory.mktemp("small")
     make_synthetic_manifest(root, 12, seed=3, name="train.jsonl")
@@ -330,7 +322,7 @@ def test_cli_train_writes_log_and_checkpoint_and_bf16_runs(small_data, tiny_ckpt
 def test_unreadable_images_are_left_out_with_a_record_and_training_goes_on(small_data, tiny_ckpt, tmp_path):
     """A file that exists but does not decode (a truncated download) costs its own rows, not the run; a missing
     file is refused when the manifest is read, naming its line (tests/test_manifest.py)."""
-    from feval_core.train import SKIPPED_NAME
+    from feval_core.train.data import SKIPPED_NAME
 
     rows = [json.loads(line) for line in (small_data / "train.jsonl").read_text().splitlines()]
     for r in rows:  # the manifest's paths are relative to its folder
@@ -354,7 +346,7 @@ def test_unreadable_images_are_left_out_with_a_record_and_training_goes_on(small
 @pytest.mark.parametrize("text", ["{not json", '{"step": "4"}', "[]", '{"step": 1, "epoch": 0, "micro_in_epoch": -1, '
                                   '"micro_steps": 2, "num_processes": 1}'])
 def test_a_damaged_trainer_state_is_refused_with_the_fix(tmp_path, text):
-    from feval_core.train_state import STATE_FILE, TrainerState
+    from feval_core.train.state import STATE_FILE, TrainerState
 
     (tmp_path / STATE_FILE).write_text(text)
     with pytest.raises(ConfigError, match="start the run over"):

@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feval_core import FEvalScorer
-from feval_core.checkpoint import check_links, resolve_checkpoint
 from feval_core.cli import main
-from feval_core.config import CONFIG_NAME, FEvalConfig
 from feval_core.errors import CheckpointError, ConfigError, FEvalError
+from feval_core.model.checkpoint import check_links, resolve_checkpoint
+from feval_core.model.config import CONFIG_NAME, FEvalConfig
 
 
 class _Canary:
@@ -55,7 +55,7 @@ def ck(tiny_ckpt, tmp_path) -> Path:
 @pytest.fixture()
 def no_model_load(monkeypatch):
     """Fail loudly if feval gets as far as building the model: refusals must come first."""
-    from feval_core.model import FEvalModel
+    from feval_core.model.lmm import FEvalModel
 
     def boom(*a, **k):
         raise AssertionError("the checkpoint was refused too late: the model was already being built")

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.comfy_stub import PACK_ROOT, install, load_pack, node_classes, widget_spec
-from tests.comfy_stub.core_nodes import CONTROL_AFTER_GENERATE, CORE_NODES, FILE_EXTENSIONS, FRONTEND_ONLY
+from tests.comfy_stub.core_nodes import (
+    CONTROL_AFTER_GENERATE,
+    CORE_NODES,
+    FILE_EXTENSIONS,
+    FRONTEND_ONLY,
+)
 
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

@@ -1,0 +1,149 @@
+"""``feval score``: score image files and folders, one JSON Lines row per image (stdout or ``--out``).
+
+``--out`` is appended to as rows arrive; re-running the same command resumes. Under ``accelerate launch``
+each process scores its share into a part file and the main process merges them into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .checks import (
+    UsageError,
+    check_file,
+    check_image_folders,
+    check_min,
+    check_out_file,
+    check_scoring_options,
+)
+from .main import EXIT_OK, EXIT_SOME_FAILED
+
+logger = logging.getLogger("feval")
+
+
+def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="feval checkpoint folder or hub id, or a plain VLM (zero-shot)")
+    p.add_argument("--prompt", help="generation prompt (enables correspondence)")
+    p.add_argument("--ref", help="reference face image (enables identity)")
+    p.add_argument("--dims", help="comma-separated dimensions (default: all that apply)")
+    p.add_argument("--out", help="JSON Lines output; appended as results arrive, re-running resumes")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
+    p.add_argument("--face-root", help="insightface root folder holding models/<pack>")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the backbone's own code (off by default)")
+    p.add_argument("--workers", type=int, help="threads that decode images and detect faces ahead of the model "
+                   "(default: up to 4; 0: none)")
+    p.set_defaults(func=cmd_score)
+    return p
+
+
+def check_score_args(args: argparse.Namespace) -> None:
+    """Every argument of ``feval score`` that can be checked without loading the model."""
+    from ..scoring.distributed import launched_processes
+
+    check_scoring_options(args)
+    check_min("--workers", args.workers, 0)
+    check_file("--ref", args.ref)
+    check_out_file("--out", args.out)
+    if launched_processes() > 1 and not args.out:
+        raise UsageError("under accelerate launch, feval score needs --out: the processes write their rows to "
+                         "part files that are merged into it")
+    check_image_folders(args.inputs, args.recursive)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    check_score_args(args)
+    from ..inputs.images import expand_inputs
+    from ..inputs.results import ResultsWriter, json_line
+
+    items = expand_inputs(args.inputs, recursive=args.recursive)
+    seen: set[str] = set()
+    unique = []
+    for it in items:
+        if it.name in seen:
+            logger.warning("%s given more than once; scoring it once", it.name)
+            continue
+        seen.add(it.name)
+        unique.append(it)
+    if not unique:
+        raise UsageError(f"no images found in {' '.join(args.inputs)} (looked for common image extensions)")
+    from ..scoring.distributed import launched_processes
+
+    if launched_processes() > 1:
+        return _score_sharded(args, unique)
+    writer = ResultsWriter(args.out) if args.out else None
+    todo = [it for it in unique if writer is None or it.name not in writer.done]
+    if writer is not None and len(todo) < len(unique):
+        logger.info("resuming: %d of %d images already in %s", len(unique) - len(todo), len(unique), args.out)
+    failed = 0
+    if todo:
+        def emit(records: list[dict[str, Any]]) -> None:
+            nonlocal failed
+            if writer is not None:
+                writer.write(records)
+            else:
+                failed += sum(1 for r in records if r["error"] is not None)
+                for r in records:
+                    sys.stdout.write(json_line(r))
+                sys.stdout.flush()
+
+        _score_items(args, todo, emit, args.device)
+    if writer is not None:
+        writer.close()
+        failed = _count_failed(args.out, unique)
+    if failed:
+        logger.error("%d of %d inputs could not be scored (see their 'error' fields)", failed, len(unique))
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _score_items(args: argparse.Namespace, todo: list[Any], emit: Callable[[list[dict[str, Any]]], None],
+                 device: str | None) -> None:
+    """Load the scorer and stream the rows of ``todo`` to ``emit``, one chunk at a time."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..scoring.scorer import FEvalScorer
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    scorer = FEvalScorer.from_pretrained(args.model, device=device, dtype=dtype, face_root=args.face_root,
+                                         trust_remote_code=args.trust_remote_code)
+    scorer.workers = getattr(args, "workers", None)
+    with tqdm(total=len(todo), unit="img", desc="scoring", disable=None) as bar:
+        for part in scorer.iter_scores(None, args.prompt, args.ref, args.dims, batch_size=args.batch_size,
+                                       items=todo):
+            records = part.to_records()
+            emit(records)
+            bar.update(len(records))
+
+
+def _count_failed(out: str, unique: list[Any]) -> int:
+    from ..inputs.results import read_results
+
+    names = {it.name for it in unique}
+    return sum(1 for r in read_results(out) if r["image"] in names and r.get("error") is not None)
+
+
+def _score_sharded(args: argparse.Namespace, unique: list[Any]) -> int:
+    """``accelerate launch ... feval score``: each process scores its share; the main process merges."""
+    from ..scoring.distributed import ShardedRun
+
+    run = ShardedRun(args.out, cpu=str(args.device or "").startswith("cpu"))
+    mine = run.plan(unique, args.batch_size)
+    if mine:
+        with run.writer() as writer:
+            _score_items(args, mine, writer.write, run.device(args.device))
+    missing = run.finish([it.name for it in unique])
+    if not run.is_main:
+        return EXIT_OK
+    failed = _count_failed(args.out, unique)
+    if failed:
+        logger.error("%d of %d inputs could not be scored (see their 'error' fields)", failed, len(unique))
+    return EXIT_SOME_FAILED if failed or missing else EXIT_OK

@@ -1,0 +1,59 @@
+"""The identity rule, one copy for every caller (scorer, differentiable reward, nodes).
+
+Identity fidelity compares the main face of an image with the main face of a reference. Without a face
+model, or without a face in either picture, it is **not applicable**: NaN with a reason, never a number.
+Zero-shot, the score is the ArcFace cosine mapped to 0..100.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+NO_FACE_MODEL = "identity needs the insightface model pack; none is loaded"
+
+
+def arcface_identity_score(cos: float) -> float:
+    """Map an ArcFace cosine similarity to the 0-100 identity scale: ``100 * clip(cos, 0, 1)``; NaN stays NaN.
+
+    The map is monotonic (non-decreasing), so rank metrics (SRCC, KRCC) computed on the scores equal those
+    on the raw cosines, except that all negative cosines tie at 0.
+    """
+    cos = float(cos)
+    if math.isnan(cos):
+        return math.nan
+    return 100.0 * min(max(cos, 0.0), 1.0)
+
+
+def identity_blocker(has_face_model: bool, info: Any, ref_info: Any) -> str | None:
+    """Why identity cannot be scored for this (image, reference) pair, or None when it can.
+
+    ``info`` / ``ref_info``: the :class:`~feval_core.faces.encoder.FaceInfo` of the image and of the reference
+    (None when nothing was analysed).
+    """
+    if not has_face_model:
+        return NO_FACE_MODEL
+    missing = [what for what, fi in (("image", info), ("reference image", ref_info))
+               if fi is None or not fi.has_face or fi.embedding is None]
+    if missing:
+        return f"no face detected in the {' and the '.join(missing)}; identity not scored"
+    return None
+
+
+def cosine(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    """Cosine similarity of two embeddings; NaN when either is missing."""
+    if a is None or b is None:
+        return math.nan
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return math.nan
+    return float(a @ b / (na * nb))
+
+
+def zero_shot_identity(info: Any, ref_info: Any) -> float:
+    """Zero-shot identity of a pair that passed :func:`identity_blocker`: ``100 * max(cos, 0)`` of ArcFace."""
+    return arcface_identity_score(cosine(info.embedding, ref_info.embedding))

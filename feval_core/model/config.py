@@ -1,0 +1,230 @@
+"""``feval_config.json``: the one config of a saved F-Eval checkpoint, validated on load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..dimensions import DIMENSIONS
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "feval_config.json"
+PROJECTORS_NAME = "projectors.safetensors"
+ADAPTERS_DIR = "adapters"
+FORMAT_VERSION = 1
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 8
+"""Deepest nesting of objects/lists accepted in a config file (feval's own configs use 3)."""
+MAX_STRING = 4096
+
+MODES = ("zero_shot", "trained")
+SCORE_MODES = ("levels", "regression", "mean")
+ROUTINGS = ("explicit", "router")
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class FaceEncoderConfig:
+    """Which insightface model pack detects and embeds faces."""
+
+    pack: str = field(default="buffalo_l", metadata={"help": "insightface pack name (folder under <root>/models)"})
+    root: str | None = field(default=None, metadata={
+        "help": "insightface root; relative paths are relative to the checkpoint; None uses $FEVAL_FACE_ROOT "
+                "or ~/.insightface"})
+    det_size: int = field(default=640, metadata={"help": "detector input size (square)"})
+    det_thresh: float = field(default=0.5, metadata={"help": "detection score threshold"})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pack, str) or not self.pack or "/" in self.pack or "\\" in self.pack or ".." in self.pack:
+            raise ConfigError(f"face.pack must be a plain folder name like 'buffalo_l', got {self.pack!r}")
+        if self.root is not None and (not isinstance(self.root, str) or not self.root or len(self.root) > MAX_STRING):
+            raise ConfigError(f"face.root must be a folder path or null, got {self.root!r}")
+        if not _is_int(self.det_size) or not 32 <= self.det_size <= 4096 or self.det_size % 32:
+            raise ConfigError(f"face.det_size must be a multiple of 32 in 32..4096, got {self.det_size!r}")
+        if not _is_number(self.det_thresh) or not 0.0 < float(self.det_thresh) < 1.0:
+            raise ConfigError(f"face.det_thresh must be a number in (0, 1), got {self.det_thresh!r}")
+
+
+@dataclass
+class FEvalConfig:
+    """Everything needed to rebuild an F-Eval scorer around its saved weights."""
+
+    base_model: str = field(metadata={"help": "backbone hub id, or a folder (relative to the checkpoint or absolute)"})
+    mode: str = field(default="trained", metadata={
+        "help": "'trained': projector + LoRA experts + heads; 'zero_shot': rating words of the base VLM and "
+                "ArcFace cosine for identity"})
+    score_mode: str = field(default="regression", metadata={
+        "help": "'levels' (rating-word probabilities), 'regression' (head on the last hidden state) or 'mean'"})
+    dims: tuple[str, ...] = field(default=DIMENSIONS, metadata={"help": "dimensions this checkpoint scores"})
+    num_face_tokens: int = field(default=4, metadata={"help": "K face tokens per face (facial projector output)"})
+    face_dim: int = field(default=512, metadata={"help": "face embedding size (ArcFace: 512)"})
+    hidden_size: int | None = field(default=None, metadata={"help": "LLM hidden size; filled in from the backbone"})
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = field(default=0.0, metadata={
+        "help": "LoRA dropout; the frozen backbone stays in eval mode (per-row experts need it), so keep 0"})
+    lora_target_modules: str = field(default=DEFAULT_LORA_TARGETS, metadata={
+        "help": "regex of LLM modules the LoRA experts attach to (the FFN by default, as in the paper)"})
+    routing: str = field(default="explicit", metadata={
+        "help": "'explicit': the requested dimension picks its expert; 'router': the trained router picks it "
+                "from the evaluation prompt"})
+    max_image_pixels: int | None = field(default=448 * 448, metadata={
+        "help": "image resolution given to the VLM (pixels), for processors that take min/max pixels"})
+    trust_remote_code: bool = False
+    face: FaceEncoderConfig = field(default_factory=FaceEncoderConfig)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.face, dict):
+            self.face = _build(FaceEncoderConfig, self.face, "face")
+        elif not isinstance(self.face, FaceEncoderConfig):
+            raise ConfigError(f"face must be an object like {{\"pack\": \"buffalo_l\"}}, got {self.face!r}")
+        if not isinstance(self.dims, (list, tuple)) or not all(isinstance(d, str) for d in self.dims):
+            raise ConfigError(f"dims must be a list of dimension names from {DIMENSIONS}, got {self.dims!r}")
+        self.dims = tuple(self.dims)
+        if not isinstance(self.base_model, str) or not self.base_model.strip() or len(self.base_model) > MAX_STRING:
+            raise ConfigError("base_model must name a backbone: a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct' or a folder")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.score_mode not in SCORE_MODES:
+            raise ConfigError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
+        if self.routing not in ROUTINGS:
+            raise ConfigError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        bad = [d for d in self.dims if d not in DIMENSIONS]
+        if bad or not self.dims or len(set(self.dims)) != len(self.dims):
+            raise ConfigError(f"dims must be a non-empty subset of {DIMENSIONS} without repeats, got {list(self.dims)}")
+        for name, lo, hi in (("num_face_tokens", 1, 64), ("face_dim", 1, 8192), ("lora_rank", 1, 1024),
+                             ("lora_alpha", 1, 65536), ("format_version", 1, 1 << 30)):
+            v = getattr(self, name)
+            if not _is_int(v) or not lo <= v <= hi:
+                raise ConfigError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+        if self.hidden_size is not None and (not _is_int(self.hidden_size) or self.hidden_size <= 0):
+            raise ConfigError(f"hidden_size must be a positive integer, got {self.hidden_size!r}")
+        if self.max_image_pixels is not None and (not _is_int(self.max_image_pixels)
+                                                  or not 1 <= self.max_image_pixels <= 1 << 31):
+            raise ConfigError(f"max_image_pixels must be a positive integer or null, got {self.max_image_pixels!r}")
+        if not _is_number(self.lora_dropout) or not 0.0 <= float(self.lora_dropout) < 1.0:
+            raise ConfigError(f"lora_dropout must be a number in [0, 1), got {self.lora_dropout!r}")
+        if not isinstance(self.lora_target_modules, str) or not 0 < len(self.lora_target_modules) <= MAX_STRING:
+            raise ConfigError(f"lora_target_modules must be a regex string, got {self.lora_target_modules!r}")
+        try:
+            re.compile(self.lora_target_modules)
+        except re.error as exc:
+            raise ConfigError(f"lora_target_modules is not a valid regex ({exc}): {self.lora_target_modules!r}") from exc
+        if not isinstance(self.trust_remote_code, bool):
+            raise ConfigError(f"trust_remote_code must be true or false, got {self.trust_remote_code!r}")
+        if self.format_version > FORMAT_VERSION:
+            raise ConfigError(f"this checkpoint has format_version {self.format_version}; this feval reads up to "
+                              f"{FORMAT_VERSION}. Upgrade feval.")
+        if self.mode == "zero_shot" and self.score_mode != "levels":
+            raise ConfigError("zero_shot mode scores with rating words only: set score_mode='levels'")
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dims"] = list(self.dims)
+        return d
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FEvalConfig:
+        """Read and validate a config file (size-limited, plain JSON, unknown keys refused)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            raise ConfigError(f"{path} not found: a feval checkpoint folder must contain {CONFIG_NAME}")
+        data = read_json_config(path)
+        config = _build(cls, data, str(path))
+        _check_relative_paths(config, path)
+        if config.trust_remote_code:
+            # A shared file must not switch on code execution: only the caller can (trust_remote_code=True).
+            logger.warning("%s asks for trust_remote_code; ignored. Pass trust_remote_code=True "
+                           "(feval score --trust-remote-code) if you trust the code of this checkpoint's backbone",
+                           path)
+            config.trust_remote_code = False
+        return config
+
+
+def read_json_config(path: str | Path, what: str = "a feval config") -> dict[str, Any]:
+    """Parse a small JSON object from an untrusted file: size, nesting and NaN/Infinity are refused."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {size} bytes; {what} is a few KB (limit {MAX_CONFIG_BYTES}). "
+                          "Refusing to parse it.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{path} is not valid JSON ({exc}); re-save the checkpoint with save_pretrained") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path} is nested too deeply to be {what}; refusing to parse it") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ConfigError(f"{path} is nested deeper than {MAX_JSON_DEPTH} levels, unlike {what}. "
+                          "Refusing to parse it.")
+    return data
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a config")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+        else:
+            continue
+        deepest = max(deepest, d + 1)
+    return deepest
+
+
+def _check_relative_paths(config: FEvalConfig, path: Path) -> None:
+    """Relative folders in a saved config are inside its checkpoint: refuse ones that climb out with '..'."""
+    for key, value in (("base_model", config.base_model), ("face.root", config.face.root)):
+        if value and not Path(value).is_absolute() and ".." in Path(value.replace("\\", "/")).parts:
+            raise ConfigError(f"{path}: {key} {value!r} points outside the checkpoint folder; relative paths in a "
+                              "checkpoint must stay inside it. Use an absolute path or a hub id instead.")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys are {sorted(names)}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing required keys {missing}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc

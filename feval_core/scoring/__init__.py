@@ -1,0 +1,19 @@
+"""Scoring: the scorer users call, its results, the rules that decide which questions an image gets.
+
+* :mod:`.scorer` — :class:`FEvalScorer` (load, save, score, stream);
+* :mod:`.result` — :class:`ScoreResult` (scores ``[B, 4]``, records) and the NaN-skipping weighted mean;
+* :mod:`.plan` — which (image, dimension) rows to ask, one rule for every caller: prompts cleaned, references
+  loaded once, identity NaN with a reason without two faces, zero-shot identity from ArcFace;
+* :mod:`.tensors` — the same scores with gradients to the pixels (differentiable rewards);
+* :mod:`.distributed` — data-parallel scoring under ``accelerate launch``.
+
+Imports :mod:`feval_core.model`, :mod:`feval_core.faces`, :mod:`feval_core.inputs` and the base modules.
+"""
+
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "FEvalScorer": "scorer", "ScoreResult": "result", "weighted_mean": "result", "TensorScorer": "tensors",
+})

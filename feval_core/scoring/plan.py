@@ -1,0 +1,141 @@
+"""Which questions an image gets: one rule for every caller (the scorer, differentiable scoring, nodes, rewards).
+
+For each image and wanted dimension, :func:`plan_questions` decides whether the LMM is asked, or the answer
+is known without it:
+
+* **correspondence** needs a prompt: none (or only white space) -> not asked, NaN;
+* **identity** needs a reference: none -> NaN; an unusable reference -> NaN with ``reference unusable``;
+  no face in the image or in the reference -> NaN with the reason (:func:`~feval_core.faces.identity.
+  identity_blocker`); zero-shot -> the ArcFace score, without the LMM;
+* everything else -> a :class:`Question` for the LMM.
+
+Prompts are cleaned once (:func:`clean_prompt`); references are loaded, padded to the aspect limit and
+their faces analysed once per run (:class:`References`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..dimensions import NEEDS_PROMPT, NEEDS_REF
+from ..errors import ImageInputError
+from ..faces.identity import identity_blocker, zero_shot_identity
+from ..inputs.images import broadcast, load_image, pad_to_aspect
+
+MAX_PROMPT_TOKENS = 256
+
+
+@dataclass
+class Reference:
+    """A reference face image as every caller uses it: RGB, padded to the aspect limit, its face analysed."""
+
+    image: Any = None  # PIL.Image.Image; None when unusable
+    info: Any = None  # FaceInfo, or None without a face model
+    error: str | None = None
+
+    @property
+    def embedding(self) -> np.ndarray | None:
+        return None if self.info is None else self.info.embedding
+
+
+class References:
+    """Reference images, each loaded and analysed once (paths by name, other objects by identity)."""
+
+    def __init__(self, face_encoder: Any | None) -> None:
+        self.face_encoder = face_encoder
+        self._cache: dict[tuple[str, Any], tuple[Any, Reference]] = {}
+
+    def get(self, ref: Any) -> Reference:
+        key = ("path", os.fspath(ref)) if isinstance(ref, (str, os.PathLike)) else ("object", id(ref))
+        if key not in self._cache:
+            self._cache[key] = (ref, self._load(ref))  # the source is kept so that its id is not reused
+        return self._cache[key][1]
+
+    def _load(self, ref: Any) -> Reference:
+        try:
+            image = pad_to_aspect(load_image(ref))
+        except ImageInputError as exc:
+            return Reference(error=f"reference unusable: {exc}")
+        info = self.face_encoder.analyze(image) if self.face_encoder is not None else None
+        return Reference(image, info)
+
+
+@dataclass
+class Question:
+    """One (image, dimension): asked of the LMM, or answered without it (``value``)."""
+
+    index: int  # the image's position in its chunk
+    dim: str
+    prompt: str | None = None
+    ref: Reference | None = None
+    value: float | None = None  # zero-shot identity: the ArcFace score, no LMM
+
+
+def line_up(n: int, prompts: Any, refs: Any) -> tuple[list[str | None], list[Any]]:
+    """One prompt and one reference per image (or one for all); prompts must be strings or None."""
+    prompt_list = broadcast(prompts, n, "prompts")
+    bad = next((p for p in prompt_list if p is not None and not isinstance(p, str)), None)
+    if bad is not None:
+        raise TypeError(f"prompts must be strings (or None), got {type(bad).__name__}: pass one text per image")
+    return prompt_list, broadcast_refs(refs, n)
+
+
+def broadcast_refs(refs: Any, n: int) -> list[Any]:
+    """One reference for all images, or one per image (a 4-D batch counts per image)."""
+    if hasattr(refs, "ndim") and hasattr(refs, "shape") and refs.ndim == 4 and refs.shape[0] == n and n > 1:
+        return list(refs)
+    return broadcast(refs, n, "refs")
+
+
+def clean_prompt(prompt: Any, tokenizer: Any, warns: list[str]) -> str | None:
+    """White space collapsed; invalid Unicode replaced; cut to :data:`MAX_PROMPT_TOKENS` tokens (with a warning).
+    None when nothing is left."""
+    if prompt is None:
+        return None
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
+    prompt = " ".join(prompt.split())
+    if not prompt:
+        return None
+    if not prompt.isascii() and prompt != (fixed := prompt.encode("utf-8", "replace").decode("utf-8")):
+        prompt = fixed  # lone surrogates (e.g. undecodable bytes in argv) cannot be tokenized
+        warns.append("prompt held characters that are not valid Unicode; they were replaced by '?'")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if len(ids) > MAX_PROMPT_TOKENS:
+        prompt = tokenizer.decode(ids[:MAX_PROMPT_TOKENS])
+        warns.append(f"prompt truncated to its first {MAX_PROMPT_TOKENS} tokens")
+    return prompt
+
+
+def plan_questions(dims: Sequence[str], prompts: Sequence[Any], refs: Sequence[Any], infos: Sequence[Any], *,
+                   indices: Sequence[int], tokenizer: Any, has_face_model: bool, trained: bool,
+                   references: References, warnings: list[list[str]]) -> list[Question]:
+    """The questions of images ``indices`` (positions into ``prompts``, ``refs``, ``infos``, ``warnings``) on
+    ``dims``, in image-then-dimension order. Reasons for NaN go to ``warnings[i]``."""
+    out: list[Question] = []
+    for i in indices:
+        for d in dims:
+            prompt = None
+            if d in NEEDS_PROMPT:
+                prompt = clean_prompt(prompts[i], tokenizer, warnings[i])
+                if prompt is None:  # no prompt, no correspondence
+                    continue
+            ref = None
+            if d in NEEDS_REF:
+                if refs[i] is None:
+                    continue
+                ref = references.get(refs[i])
+                blocked = ref.error or identity_blocker(has_face_model, infos[i], ref.info)
+                if blocked:
+                    warnings[i].append(blocked)
+                    continue
+                if not trained:
+                    out.append(Question(i, d, ref=ref, value=zero_shot_identity(infos[i], ref.info)))
+                    continue
+            out.append(Question(i, d, prompt, ref))
+    return out

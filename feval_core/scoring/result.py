@@ -1,0 +1,86 @@
+"""What scoring returns: :class:`ScoreResult` (scores ``[B, 4]`` on 0..100, NaN = not applicable), and the
+one weighted mean over dimensions that leaves NaN dimensions out (rewards, filters and picks all use it)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..dimensions import DIMENSIONS
+
+
+@dataclass
+class ScoreResult:
+    """Scores of a batch of images: ``scores[i, j]`` is image ``i`` on ``DIMENSIONS[j]`` (0..100, NaN = n/a)."""
+
+    scores: torch.Tensor
+    names: list[str]
+    faces: list[int | None]
+    errors: list[str | None]
+    warnings: list[list[str]] = field(default_factory=list)
+    dims: tuple[str, ...] = DIMENSIONS
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per image (``null`` where a dimension was not scored)."""
+        rows = []
+        for i, name in enumerate(self.names):
+            rec: dict[str, Any] = {"image": name}
+            for j, d in enumerate(DIMENSIONS):
+                v = float(self.scores[i, j])
+                rec[d] = None if math.isnan(v) else round(v, 4)
+            rec["faces"] = self.faces[i]
+            rec["error"] = self.errors[i]
+            if self.warnings and self.warnings[i]:
+                rec["warnings"] = self.warnings[i]
+            rows.append(rec)
+        return rows
+
+    @staticmethod
+    def concat(parts: Sequence[ScoreResult]) -> ScoreResult:
+        if not parts:
+            return ScoreResult(torch.empty(0, len(DIMENSIONS)), [], [], [], [])
+        return ScoreResult(
+            torch.cat([p.scores for p in parts]), [n for p in parts for n in p.names],
+            [f for p in parts for f in p.faces], [e for p in parts for e in p.errors],
+            [w for p in parts for w in p.warnings], parts[0].dims)
+
+
+def weight_vector(weights: Mapping[str, float] | Sequence[float]) -> list[float]:
+    """Four weights in :data:`DIMENSIONS` order from ``{dimension: weight}`` (missing ones are 0) or a sequence of
+    four; each finite and >= 0. Dimension names must be canonical (see :func:`~feval_core.dimensions.parse_dims`)."""
+    if isinstance(weights, Mapping):
+        unknown = sorted(set(weights) - set(DIMENSIONS))
+        if unknown:
+            raise ValueError(f"unknown dimensions {unknown} in weights; choose from {', '.join(DIMENSIONS)}")
+        values = [float(weights.get(d, 0.0)) for d in DIMENSIONS]
+    else:
+        values = [float(w) for w in weights]
+    if len(values) != len(DIMENSIONS) or not all(math.isfinite(w) and w >= 0 for w in values):
+        raise ValueError(f"weights must be {len(DIMENSIONS)} finite numbers >= 0 ({', '.join(DIMENSIONS)}), "
+                         f"got {list(weights.items()) if isinstance(weights, Mapping) else list(weights)}")
+    return values
+
+
+def weighted_mean(scores: torch.Tensor, weights: Mapping[str, float] | Sequence[float],
+                  empty: float = math.nan) -> torch.Tensor:
+    """``[B, 4]`` scores (NaN = not scored) -> ``[B]`` weighted mean over the dimensions with a positive weight
+    that were scored for that image: a NaN dimension is left out of the image's mean, never counted as 0.
+
+    Rows without any scored weighted dimension get ``empty``. Differentiable in ``scores`` (NaN entries get
+    zero gradient).
+    """
+    if scores.ndim != 2 or scores.shape[1] != len(DIMENSIONS):
+        raise ValueError(f"scores must be [B, {len(DIMENSIONS)}] in {DIMENSIONS} order, got {list(scores.shape)}")
+    w = torch.tensor(weight_vector(weights), dtype=scores.dtype, device=scores.device)
+    used = ~torch.isnan(scores) & (w > 0)
+    safe = torch.where(used, scores, torch.zeros_like(scores))
+    den = (used * w).sum(1)
+    mean = (safe * w).sum(1) / den.clamp(min=torch.finfo(scores.dtype).tiny)
+    return torch.where(den > 0, mean, torch.full_like(mean, float(empty)))

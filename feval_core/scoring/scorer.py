@@ -1,0 +1,268 @@
+"""``FEvalScorer``: load a checkpoint (or a public base VLM for zero-shot) and score face images."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..dimensions import DIM_INDEX, DIMENSIONS, parse_dims
+from ..errors import FaceModelError, ImageInputError
+from ..inputs.images import (
+    ImageItem,
+    expand_inputs,
+    load_image,
+    pad_to_aspect,
+)
+from ..inputs.prefetch import (
+    DEFAULT_AHEAD,
+    ObjectPool,
+    Prefetcher,
+    PrefetchStats,
+    chunked,
+    default_workers,
+)
+from ..model.checkpoint import resolve_checkpoint, scan_for_pickles
+from ..model.config import ADAPTERS_DIR, PROJECTORS_NAME, FEvalConfig
+from ..model.lmm import FEvalModel
+from ..model.rows import Row
+from .plan import Question, References, line_up, plan_questions
+from .result import ScoreResult
+
+logger = logging.getLogger(__name__)
+
+MAX_PROMPT_TOKENS = 256
+
+
+@dataclass
+class _Ready:
+    """One input after the CPU-side work (decoding, face detection, image processor), ready for the model."""
+
+    index: int
+    name: str
+    image: Any = None
+    error: str | None = None
+    info: Any = None  # FaceInfo, or None without a face encoder
+    pixels: Any = None  # PreparedImage for the fast path
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class FEvalScorer:
+    """Scores face images on quality, authenticity, identity and correspondence (0..100, higher is better).
+
+    One instance may be shared by several threads: model calls are serialised by a lock.
+    """
+
+    def __init__(self, model: FEvalModel, face_encoder: Any | None, *, source: Path | None = None) -> None:
+        self.model = model
+        self.config = model.config
+        self.face_encoder = face_encoder
+        self.source = source
+        self._lock = threading.RLock()
+        # speed settings (see iter_scores); the defaults are the fast path
+        self.share_vision = True  # one vision-tower run per image for all its dimensions, when the experts allow it
+        self.bucket = True  # LLM passes over rows of similar length instead of one pass padded to the longest
+        self.workers: int | None = None  # prefetch threads; None: up to 4 (none for a single image); 0: none
+        self.prefetch = DEFAULT_AHEAD  # chunks prepared ahead of the model
+        self.max_batch_tokens: int | None = None  # cap on padded tokens per LLM pass (bounds activation memory)
+        self.last_prefetch: PrefetchStats | None = None  # what the latest iteration's prefetcher did
+        self._processors = ObjectPool(lambda: copy.deepcopy(self.model.processor))  # one per worker thread
+
+    # -- loading / saving ---------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        face_root: str | Path | None = None,
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = "sdpa",
+        face_device: str | torch.device | None = None,
+        **hub_kwargs: Any,
+    ) -> FEvalScorer:
+        """Load a feval checkpoint (folder or hub id) or, given a plain VLM, its zero-shot scorer.
+
+        ``face_device`` runs face detection elsewhere than the model (default: ``device``), e.g. on the GPU
+        while the model waits on the CPU until a host such as ComfyUI moves it.
+        """
+        device = str(device or default_device())
+        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        folder, config = resolve_checkpoint(path_or_id, **hub_kwargs)
+        if trust_remote_code:
+            config.trust_remote_code = True
+        heads_state = None
+        adapters = None
+        if folder is not None:
+            scan_for_pickles(folder)
+            if config.mode == "trained":
+                from safetensors.torch import load_file
+
+                proj = folder / PROJECTORS_NAME
+                if not proj.is_file():
+                    from ..errors import CheckpointError
+
+                    raise CheckpointError(f"{folder} is a trained checkpoint but has no {PROJECTORS_NAME}")
+                heads_state = load_file(str(proj))
+                adapters = folder / ADAPTERS_DIR
+        model = FEvalModel.build(config, base_dir=folder, device=device, dtype=dtype, heads_state=heads_state,
+                                 adapters_dir=adapters, attn_implementation=attn_implementation,
+                                 hub_kwargs=hub_kwargs)
+        if dtype in (torch.bfloat16, torch.float16):
+            model.cast_experts(dtype)  # scoring only: experts in the model's precision, no fp32 round trips
+        faces = _load_face_encoder(config, folder, str(face_device or device), face_root)
+        return cls(model, faces, source=folder)
+
+    @classmethod
+    def zero_shot(cls, base_model: str, *, face_pack: str = "buffalo_l", face_root: str | Path | None = None,
+                  device: str | None = None, dtype: torch.dtype | None = None,
+                  face_device: str | torch.device | None = None, **kwargs: Any) -> FEvalScorer:
+        """A scorer from a public base VLM alone: rating words + ArcFace cosine for identity."""
+        from ..model.config import FaceEncoderConfig
+
+        device = str(device or default_device())
+        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        config = FEvalConfig(base_model=base_model, mode="zero_shot", score_mode="levels",
+                             face=FaceEncoderConfig(pack=face_pack))
+        model = FEvalModel.build(config, device=device, dtype=dtype, **kwargs)
+        return cls(model, _load_face_encoder(config, None, str(face_device or device), face_root), source=None)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``feval_config.json``, ``projectors.safetensors`` and ``adapters/<dim>/``.
+
+        A backbone or face pack that lives inside the source checkpoint is copied along, so the
+        saved folder is self-contained.
+        """
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = FEvalConfig(**{**self.config.to_dict(), "face": dict(vars(self.config.face))})
+        if self.source is not None:
+            for rel in (cfg.base_model, cfg.face.root):
+                if rel and not Path(rel).is_absolute() and (self.source / rel).is_dir():
+                    dst = out / rel
+                    if dst.resolve() != (self.source / rel).resolve():
+                        shutil.copytree(self.source / rel, dst, dirs_exist_ok=True)
+        if self.model.heads is not None:
+            from safetensors.torch import save_file
+
+            from ..model.experts import save_experts
+
+            state = {k: v.detach().contiguous().cpu() for k, v in self.model.heads.state_dict().items()}
+            save_file(state, str(out / PROJECTORS_NAME), metadata={"format": "pt"})
+            save_experts(self.model.backbone, out / ADAPTERS_DIR)
+        cfg.save(out)
+        return out
+
+    # -- scoring ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def score(self, images: Any, prompts: str | Sequence[str | None] | None = None, refs: Any = None,
+              dims: str | Sequence[str] | None = None, *, batch_size: int = 8) -> ScoreResult:
+        """Score images. ``prompts``/``refs``: one per image or one for all. Returns all rows, in order."""
+        return ScoreResult.concat(list(self.iter_scores(images, prompts, refs, dims, batch_size=batch_size)))
+
+    def iter_scores(self, images: Any, prompts: Any = None, refs: Any = None, dims: Any = None, *,
+                    batch_size: int = 8, items: list[ImageItem] | None = None) -> Iterator[ScoreResult]:
+        """Like :meth:`score`, one :class:`ScoreResult` per chunk of ``batch_size`` images (for streaming).
+
+        Worker threads (:attr:`workers`) decode images, detect faces and run the image processor up to
+        :attr:`prefetch` chunks ahead of the model, so only a bounded window of images is ever in memory.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        items = items if items is not None else expand_inputs(images)
+        n = len(items)
+        prompt_list, ref_list = line_up(n, prompts, refs)
+        wanted = tuple(d for d in parse_dims(dims) if d in self.config.dims)
+        references = References(self.face_encoder)  # each reference loaded and analysed once per run
+        ref_prepared: dict[int, Any] = {}  # id(reference image) -> PreparedImage, kept for the whole run
+        fast = self.share_vision and self.model.can_share_vision
+        workers = self.workers if self.workers is not None else (0 if n <= 1 else default_workers())
+
+        def prepare(index: int, processor: Any) -> _Ready:
+            item = items[index]
+            try:
+                image = pad_to_aspect(load_image(item))
+            except ImageInputError as exc:
+                return _Ready(index, item.name, error=str(exc))
+            info = self.face_encoder.analyze(image) if self.face_encoder is not None else None
+            pixels = self.model.prepare_image(image, processor) if fast else None
+            return _Ready(index, item.name, image, None, info, pixels)
+
+        prefetcher = Prefetcher(chunked(range(n), batch_size), prepare, workers=workers, ahead=self.prefetch,
+                                make_state=self._processors.acquire, release_state=self._processors.release)
+        self.last_prefetch = prefetcher.stats
+        for ready in prefetcher:
+            idx = [r.index for r in ready]
+            yield self._score_chunk(ready, [prompt_list[i] for i in idx], [ref_list[i] for i in idx], wanted,
+                                    references, ref_prepared)
+
+    def _score_chunk(self, ready: list[_Ready], prompts: list[Any], refs: list[Any], dims: tuple[str, ...],
+                     references: References, ref_prepared: dict[int, Any]) -> ScoreResult:
+        n = len(ready)
+        scores = torch.full((n, len(DIMENSIONS)), float("nan"), dtype=torch.float32)
+        warnings: list[list[str]] = [[] for _ in range(n)]
+        infos = [r.info for r in ready]
+        ok = [i for i in range(n) if ready[i].image is not None]
+        for i in ok:
+            if infos[i] is not None and not infos[i].has_face:
+                warnings[i].append("no face detected in the image")
+        with self._lock, torch.inference_mode():
+            questions = plan_questions(dims, prompts, refs, infos, indices=ok, tokenizer=self.model.processor.tokenizer,
+                                       has_face_model=self.face_encoder is not None, trained=self.model.trained,
+                                       references=references, warnings=warnings)
+            asked = [q for q in questions if q.value is None]
+            for q in questions:
+                if q.value is not None:
+                    scores[q.index, DIM_INDEX[q.dim]] = q.value
+            if asked:
+                rows = [self._row(ready[q.index], q) for q in asked]
+                prepared = dict(ref_prepared)
+                prepared.update({id(r.image): r.pixels for r in ready if r.pixels is not None})
+                out = self.model.score_rows(rows, prepared, share_vision=self.share_vision, bucket=self.bucket,
+                                            max_batch_tokens=self.max_batch_tokens)
+                for row in rows:
+                    if row.ref is not None and id(row.ref) in prepared:
+                        ref_prepared[id(row.ref)] = prepared[id(row.ref)]
+                vals = self.model.scores(out).float().cpu()
+                for q, v in zip(asked, vals.tolist()):
+                    scores[q.index, DIM_INDEX[q.dim]] = v
+        faces = [None if r.info is None or r.image is None else int(r.info.num_faces) for r in ready]
+        return ScoreResult(scores, [r.name for r in ready], faces, [r.error for r in ready], warnings, dims)
+
+    @staticmethod
+    def _row(ready: _Ready, q: Question) -> Row:
+        emb = ready.info.embedding if ready.info is not None else None
+        return Row(ready.image, q.dim, prompt=q.prompt, ref=q.ref.image if q.ref else None, face=emb,
+                   ref_face=q.ref.embedding if q.ref else None)
+
+
+def _load_face_encoder(config: FEvalConfig, folder: Path | None, device: str, face_root: str | Path | None) -> Any:
+    from ..faces.encoder import FaceEncoder
+
+    root: str | Path | None = face_root
+    if root is None and config.face.root:
+        r = Path(config.face.root)
+        root = r if r.is_absolute() or folder is None else folder / r
+    try:
+        return FaceEncoder(config.face.pack, root=root, device=device,
+                           det_size=(config.face.det_size, config.face.det_size), det_thresh=config.face.det_thresh)
+    except FaceModelError:
+        if config.mode == "trained":
+            raise
+        logger.warning("no insightface pack %r found: zero-shot identity scores will be NaN and face counts null",
+                       config.face.pack)
+        return None

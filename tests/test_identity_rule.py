@@ -1,0 +1,66 @@
+"""One identity rule everywhere: a faceless image or reference gives NaN identity, and the same reward, through
+the scorer, ``feval_reward``, ``DifferentiableReward`` and the ComfyUI score node."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from feval_core import DIMENSIONS
+from feval_core.scoring.result import weighted_mean
+from reward import DifferentiableReward, feval_reward
+from tests.comfy_stub import install, load_pack, node_classes
+
+WEIGHTS = {"quality": 1.0, "identity": 2.0}
+ID = DIMENSIONS.index("identity")
+
+
+@pytest.fixture(scope="module")
+def score_node(tmp_path_factory: pytest.TempPathFactory, tiny_ckpt: Path):
+    """The ComfyUI "Score faces" node and a model handle on the tiny checkpoint."""
+    from feval_core.testing.facepack import write_tiny_face_pack
+
+    base = tmp_path_factory.mktemp("ComfyUI")
+    install(base)
+    shutil.copytree(tiny_ckpt, base / "models" / "feval" / "tiny")
+    write_tiny_face_pack(base / "models" / "insightface", name="tiny_face", seed=0)
+    nodes = node_classes(load_pack())
+    handle = nodes["FEvalModelLoader"].execute("models folder", "tiny", "", "auto", "cpu", "auto")[0]
+    return nodes["FEvalScoreFaces"], handle
+
+
+def _bchw(*arrays: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@pytest.mark.parametrize("case", ["faceless image", "faceless reference"])
+def test_identity_and_reward_agree_across_all_four_paths(score_node, faces, case: str) -> None:
+    node, handle = score_node
+    scorer = handle.scorer
+    images = _bchw(faces["a"], faces["none"], faces["b"])
+    ref = faces["a_moved"] if case == "faceless image" else faces["none"]
+    ref_t = _bchw(ref)[0]
+
+    engine = scorer.score(images, refs=ref_t, dims=("quality", "identity")).scores
+    out = feval_reward(images, refs=ref_t, weights=WEIGHTS, scorer=scorer, return_dict=True)
+    diff = DifferentiableReward(scorer, WEIGHTS)
+    diff_scores = diff.scores(images, refs=ref_t).detach()
+    diff_reward = diff(images, refs=ref_t).detach()
+    node_scores = node.execute(handle, images.permute(0, 2, 3, 1), authenticity=False, correspondence=False,
+                               reference=ref_t.permute(1, 2, 0)[None]).args[0].values
+
+    expected_nan = [False, True, False] if case == "faceless image" else [True, True, True]
+    for name, scores in (("scorer", engine), ("feval_reward", torch.stack([out[d] for d in DIMENSIONS], 1)),
+                         ("DifferentiableReward", diff_scores), ("score node", node_scores)):
+        assert [math.isnan(float(v)) for v in scores[:, ID]] == expected_nan, name
+        assert not torch.isnan(scores[:, DIMENSIONS.index("quality")]).any(), name
+    torch.testing.assert_close(out["reward"], weighted_mean(engine, WEIGHTS, empty=0.0))
+    torch.testing.assert_close(weighted_mean(node_scores, WEIGHTS, empty=0.0), out["reward"])
+    # torch-only preprocessing matches the processors to ~1e-2 per pixel: the rewards agree to a fraction of a point
+    torch.testing.assert_close(diff_reward, out["reward"], atol=0.5, rtol=0)
+    torch.testing.assert_close(diff_scores, engine, atol=0.5, rtol=0, equal_nan=True)
