@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import comfy.model_management as mm
 import comfy.utils
@@ -47,6 +48,9 @@ class ScoreFaces(io.ComfyNode):
                                 tooltip="the generation prompt, for correspondence"),
                 io.Image.Input("reference", optional=True,
                                tooltip="reference face for identity: one image for all, or one per image"),
+                io.String.Input("question", default="", optional=True,
+                                tooltip="a question in your own words, e.g. 'How natural does this face look?': the "
+                                        "model's router picks the expert that answers it (trained models only)"),
             ],
             outputs=[
                 FEvalScoresSocket.Output("scores", display_name="scores"),
@@ -55,6 +59,8 @@ class ScoreFaces(io.ComfyNode):
                 io.String.Output("summary", display_name="summary_json",
                                  tooltip="all scores as JSON, with their range (0-100, higher is better)"),
                 io.Image.Output("preview", display_name="preview", tooltip="the images with their scores written on"),
+                io.Float.Output("answer", display_name="answer", is_output_list=True,
+                                tooltip="the score of each image on the question, 0-100 (NaN = no question or n/a)"),
             ],
             is_output_node=True,
         )
@@ -62,7 +68,7 @@ class ScoreFaces(io.ComfyNode):
     @classmethod
     def execute(cls, model: FEvalHandle, images: torch.Tensor, quality: bool = True, authenticity: bool = True,
                 identity: bool = True, correspondence: bool = True, batch_size: int = 8, prompt: str = "",
-                reference: torch.Tensor | None = None) -> io.NodeOutput:
+                reference: torch.Tensor | None = None, question: str = "") -> io.NodeOutput:
         if not isinstance(model, FEvalHandle):
             raise TypeError("model must come from the 'Load F-Eval model' node")
         batch = to_uint8(images)
@@ -73,16 +79,18 @@ class ScoreFaces(io.ComfyNode):
                              "per image")
         text = " ".join((prompt or "").split()) or None
         asked = [d for d, on in zip(DIMENSIONS, (quality, authenticity, identity, correspondence)) if on]
-        if not asked:
-            raise ValueError("no dimension selected: switch on at least one of " + ", ".join(DIMENSIONS))
+        questions = [" ".join(question.split())] if question and question.strip() else []
+        if not asked and not questions:
+            raise ValueError("no dimension selected: switch on at least one of " + ", ".join(DIMENSIONS) +
+                             ", or ask a question")
         header, dims = _usable_dims(asked, model, text is not None, refs is not None)
         parts: list[ScoreResult] = []
-        if dims:
+        if dims or questions:
             model.load()
             bar = comfy.utils.ProgressBar(n)
             mm.throw_exception_if_processing_interrupted()
             ref_arg = None if refs is None else (refs[0] if len(refs) == 1 else refs)
-            chunks = model.scorer.iter_scores(batch, text, ref_arg, dims, batch_size=batch_size)
+            chunks = model.scorer.iter_scores(batch, text, ref_arg, dims, batch_size=batch_size, questions=questions)
             try:
                 for part in chunks:
                     parts.append(part)
@@ -94,6 +102,12 @@ class ScoreFaces(io.ComfyNode):
         else:
             result = ScoreResult(scores=torch.full((n, len(DIMENSIONS)), float("nan")), names=[""] * n,
                                  faces=[None] * n, errors=[None] * n, warnings=[[] for _ in range(n)])
+        answer = [math.nan] * n
+        if questions and result.answers:
+            a = result.answers[0][0]
+            header.append(f"question \"{a['question']}\": answered by the {a['dimension']} expert "
+                          f"(router probability {a['probability']:.2f}); the 'answer' output")
+            answer = [math.nan if r[0]["score"] is None else float(r[0]["score"]) for r in result.answers]
         scores = _to_scores(result, tuple(asked), _method(model), header)
         preview = annotate(images, scores)
         summary = scores.to_text()
@@ -101,7 +115,7 @@ class ScoreFaces(io.ComfyNode):
         logger.debug("%s", summary)
         shown = ui.PreviewImage(preview, cls=cls).as_dict() | ui.PreviewText(summary).as_dict()
         columns = [scores.column(d) for d in DIMENSIONS]
-        return io.NodeOutput(scores, *columns, scores.to_json(), preview, ui=shown)
+        return io.NodeOutput(scores, *columns, scores.to_json(), preview, answer, ui=shown)
 
 
 def _usable_dims(asked: list[str], model: FEvalHandle, has_prompt: bool, has_ref: bool) -> tuple[list[str], list[str]]:

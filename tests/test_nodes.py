@@ -108,7 +108,7 @@ def test_widget_defaults_are_valid_and_scores_state_their_range(comfy: SimpleNam
                 assert inp["min"] <= inp["default"] <= inp["max"], (node_id, inp)
     score = comfy.nodes["FEvalScoreFaces"].GET_SCHEMA()
     lists = [o for o in score.outputs if o.io_type == "FLOAT"]
-    assert [o.display_name for o in lists] == list(DIMENSIONS) and all(o.is_output_list for o in lists)
+    assert [o.display_name for o in lists] == [*DIMENSIONS, "answer"] and all(o.is_output_list for o in lists)
     assert all("0-100" in o.tooltip for o in lists)
     assert score.is_output_node
 
@@ -223,7 +223,8 @@ def test_face_pack_choice_is_checked(comfy: SimpleNamespace) -> None:
 def test_score_node_matches_the_engine(comfy: SimpleNamespace, handle, images: torch.Tensor, faces) -> None:
     ref = as_batch(faces["a"])
     out = comfy.nodes["FEvalScoreFaces"].execute(handle, images, prompt="a photo of a woman", reference=ref)
-    scores, *columns, summary, preview = out.args
+    scores, *columns, summary, preview, answer = out.args
+    assert len(answer) == 4 and all(math.isnan(a) for a in answer)  # no question asked
     batch = (images.numpy() * 255).round().astype(np.uint8)
     expected = handle.scorer.score(batch, "a photo of a woman", (ref[0].numpy() * 255).round().astype(np.uint8)).scores
     expected[2, DIMENSIONS.index("identity")] = math.nan  # image 2 has no face: identity is withdrawn

@@ -116,7 +116,8 @@ def _grads(model, batch, mos, gc_hooks: bool):
     for _, p in model.trainable_parameters():
         p.grad = None
     with expert_hooks(model.backbone, batch.dims if gc_hooks else None):
-        out = TrainStep(model)(batch, mos, ["q"] * len(mos), {"levels": 1.0, "regression": 1.0, "router": 0.1})
+        out = TrainStep(model)(batch, mos, ["q"] * len(mos), {"levels": 1.0, "regression": 1.0, "router": 0.1},
+                               by_expert=False)  # PEFT's per-row experts, as training with checkpointing uses
         out["loss"].backward()
     return {n: p.grad.detach().clone() for n, p in model.trainable_parameters() if p.grad is not None}
 
@@ -129,6 +130,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_reaches_the_face_pr
     from feval_core.model.config import FEvalConfig
     from feval_core.model.lmm import FEvalModel
     from feval_core.model.rows import Row
+    from feval_core.train.data import TrainBatch
     from feval_core.train.steps import enable_gradient_checkpointing
 
     cfg = FEvalConfig.load(tiny_ckpt)
@@ -137,7 +139,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_reaches_the_face_pr
     img = Image.fromarray(faces["a"])
     emb = np.random.default_rng(0).standard_normal(512).astype(np.float32)
     rows = [Row(img, d, prompt="a woman", ref=img, face=emb, ref_face=emb) for d in DIMENSIONS]
-    batch = model.collate(rows)
+    batch = TrainBatch(rows, [model.prepare_image(im) for im in TrainBatch.images(rows)])  # as the Collator does
     mos = torch.tensor([90.0, 10.0, 55.0, 30.0])
     plain = _grads(model, batch, mos, gc_hooks=False)
     assert plain["heads.face_projector.net.0.weight"].abs().sum() > 0, "no gradient reaches the facial projector"

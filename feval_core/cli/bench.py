@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checks import check_dims, check_file, check_folder, check_out_folder, check_scoring_options
+from .checks import (
+    check_dims,
+    check_file,
+    check_folder,
+    check_out_folder,
+    check_scoring_options,
+)
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:

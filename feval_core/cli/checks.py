@@ -114,6 +114,29 @@ def check_model(flag: str, value: str, *, checkpoint: bool = True) -> None:
         raise UsageError(f"{flag} {value}: no such folder, and not a hub id like org/name; check the path")
 
 
+def check_questions(questions: Sequence[str] | None, model: str) -> None:
+    """``--question`` texts are not empty, and a local model is a trained checkpoint (zero-shot has no router)."""
+    if not questions:
+        return
+    if any(not q.strip() for q in questions):
+        raise UsageError("--question is empty; ask something, e.g. --question \"How natural does this face look?\"")
+    from ..model.config import CONFIG_NAME, FEvalConfig
+
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        from ..errors import ConfigError
+
+        try:
+            trained = FEvalConfig.load(path).mode == "trained"
+        except ConfigError:
+            return  # the loader says what is wrong with the checkpoint
+    else:
+        trained = not path.is_dir()  # a plain VLM folder is zero-shot; a hub id is checked when it loads
+    if not trained:
+        raise UsageError(f"--question needs a trained checkpoint (its router picks the expert); {model} scores "
+                         "zero-shot: ask for dimensions with --dims instead")
+
+
 def check_file(flag: str, value: str | None) -> None:
     """``value`` (when given) is an existing file."""
     if value is None:

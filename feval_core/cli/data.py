@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from .checks import UsageError, check_file, check_folder, check_out_file, check_out_folder, parse_fractions
+from .checks import (
+    UsageError,
+    check_file,
+    check_folder,
+    check_out_file,
+    check_out_folder,
+    parse_fractions,
+)
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:

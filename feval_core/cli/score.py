@@ -18,6 +18,7 @@ from .checks import (
     check_image_folders,
     check_min,
     check_out_file,
+    check_questions,
     check_scoring_options,
 )
 from .main import EXIT_OK, EXIT_SOME_FAILED
@@ -31,6 +32,12 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="feval checkpoint folder or hub id, or a plain VLM (zero-shot)")
     p.add_argument("--prompt", help="generation prompt (enables correspondence)")
     p.add_argument("--ref", help="reference face image (enables identity)")
+    p.add_argument("--lq", help="the low-quality input the images restore (restoration pairs: quality is judged "
+                   "against it)")
+    p.add_argument("--question", action="append", metavar="TEXT",
+                   help="a question in your own words, e.g. \"How natural does this face look?\" (repeatable): the "
+                   "router picks the expert; rows get 'answers' with the dimension, its probability and the score. "
+                   "Needs a trained checkpoint; with --question, --dims defaults to none")
     p.add_argument("--dims", help="comma-separated dimensions (default: all that apply)")
     p.add_argument("--out", help="JSON Lines output; appended as results arrive, re-running resumes")
     p.add_argument("--batch-size", type=int, default=8)
@@ -52,6 +59,8 @@ def check_score_args(args: argparse.Namespace) -> None:
     check_scoring_options(args)
     check_min("--workers", args.workers, 0)
     check_file("--ref", args.ref)
+    check_file("--lq", args.lq)
+    check_questions(args.question, args.model)
     check_out_file("--out", args.out)
     if launched_processes() > 1 and not args.out:
         raise UsageError("under accelerate launch, feval score needs --out: the processes write their rows to "
@@ -118,7 +127,7 @@ def _score_items(args: argparse.Namespace, todo: list[Any], emit: Callable[[list
     scorer.workers = getattr(args, "workers", None)
     with tqdm(total=len(todo), unit="img", desc="scoring", disable=None) as bar:
         for part in scorer.iter_scores(None, args.prompt, args.ref, args.dims, batch_size=args.batch_size,
-                                       items=todo):
+                                       items=todo, questions=args.question, lq=args.lq):
             records = part.to_records()
             emit(records)
             bar.update(len(records))

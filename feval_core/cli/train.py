@@ -16,11 +16,18 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .checks import UsageError, check_dims, check_file, check_folder, check_model, check_out_folder
+from .checks import (
+    UsageError,
+    check_dims,
+    check_file,
+    check_folder,
+    check_model,
+    check_out_folder,
+)
 
 _REQUIRED = ("manifest", "base", "out")
 _CHOICES = {"schedule": "SCHEDULES", "precision": "PRECISIONS", "loss": "LOSSES", "lr_schedule": "LR_SCHEDULES",
-            "split_by": "SPLIT_BY"}
+            "split_by": "SPLIT_BY", "vision_experts": "VISION_EXPERTS"}
 
 
 def _arg_type(tp: Any) -> Any:
@@ -67,7 +74,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.finished:
             print(f"trained checkpoint: {result.out} ({result.steps} steps, {result.seconds:.0f} s)", file=sys.stderr)
             for dim, m in result.val.items():
-                print(f"  validation {dim}: SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  (n={m['n']})",
+                probe = result.probe.get(dim)
+                seen = f"  (linear probe of the frozen model: {probe['vision']:.4f})" if probe else ""
+                print(f"  validation {dim}: SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  (n={m['n']}){seen}",
+                      file=sys.stderr)
+            if result.router_accuracy == result.router_accuracy:  # not NaN
+                print(f"  router: {result.router_accuracy:.1%} of held-out question paraphrases routed right",
                       file=sys.stderr)
         else:
             print(f"stopped after {result.steps} steps; continue with the same command and --resume",

@@ -124,7 +124,7 @@ def predict(scorer: Any, rows: Sequence[ManifestRow], *, dims: Sequence[str] | N
                 chunk = group[start:start + batch_size * 4]
                 res = scorer.score([str(r.image) for r in chunk], prompts=[r.prompt for r in chunk],
                                    refs=[_str_or_none(reference_of(r)) for r in chunk], dims=list(key),
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, lq=[_str_or_none(r.lq) for r in chunk])
                 for i, r in enumerate(chunk):
                     for d in key:
                         v = float(res.scores[i, DIMENSIONS.index(d)])

@@ -1,5 +1,8 @@
 """Loading the VLM backbone and its processor (Qwen2.5-VL, InternVL-hf, LLaVA-style and other
-``AutoModelForImageTextToText`` models), safetensors only, ``trust_remote_code`` off unless asked."""
+``AutoModelForImageTextToText`` models), safetensors only, ``trust_remote_code`` off unless asked.
+
+The tokenizer rules (rating-word ids, escaping special tokens in user text, the face token) live in
+:mod:`feval_core.model.tokens` and are re-exported here."""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from .tokens import FACE_TOKEN, escape_special, rating_token_ids
+
+__all__ = ["FACE_TOKEN", "add_face_token", "escape_special", "image_token_ids", "load_backbone", "load_processor",
+           "rating_token_ids"]
 
 logger = logging.getLogger(__name__)
-
-FACE_TOKEN = "<|feval_face|>"
-"""Reserved placeholder token; its input embeddings are replaced by projected face vectors."""
 
 # model_type -> (processor class name used when AutoProcessor cannot build one, its module)
 _IMAGE_ONLY_FAMILIES = {
@@ -145,19 +149,6 @@ def add_face_token(processor: Any, model: torch.nn.Module) -> int:
     if token_id >= rows:
         model.resize_token_embeddings(token_id + 1, mean_resizing=False)
     return int(token_id)
-
-
-def rating_token_ids(tokenizer: Any, words: tuple[str, ...]) -> list[int]:
-    """First token of " word" for each rating word; they must all differ."""
-    ids = []
-    for w in words:
-        pieces = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-        if not pieces:
-            raise CheckpointError(f"the tokenizer turns {w!r} into no tokens; it cannot score rating words")
-        ids.append(int(pieces[0]))
-    if len(set(ids)) != len(ids):
-        raise CheckpointError(f"rating words {words} share first tokens {ids}; use a tokenizer that separates them")
-    return ids
 
 
 def image_token_ids(model: torch.nn.Module) -> set[int]:

@@ -6,11 +6,19 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError, ConfigError
-from .config import ADAPTERS_DIR, CONFIG_NAME, FEvalConfig, read_json_config
+from .config import (
+    ADAPTERS_DIR,
+    CONFIG_NAME,
+    PROJECTORS_NAME,
+    VISION_PROJECTOR_NAME,
+    FEvalConfig,
+    read_json_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +32,7 @@ REFUSED_ADAPTER_KEYS: dict[str, str] = {
     "layer_replication": "it changes the layer structure of the backbone",
 }
 """adapter_config.json keys that must be null/empty in a feval expert, and why."""
-HUB_PATTERNS = [CONFIG_NAME, "projectors.safetensors", f"{ADAPTERS_DIR}/*/adapter_config.json",
+HUB_PATTERNS = [CONFIG_NAME, PROJECTORS_NAME, VISION_PROJECTOR_NAME, f"{ADAPTERS_DIR}/*/adapter_config.json",
                 f"{ADAPTERS_DIR}/*/adapter_model.safetensors"]
 
 
@@ -189,3 +197,44 @@ def _from_hub(repo_id: str, **hub_kwargs: Any) -> tuple[Path | None, FEvalConfig
     folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **hub_kwargs))
     check_checkpoint_tree(folder)
     return folder, FEvalConfig.load(folder)
+
+
+@dataclass
+class TrainedWeights:
+    """The trained parts of a checkpoint folder: heads (``projectors.safetensors``), the experts' folder
+    (``adapters/``) and, when the config says it was trained, the vision projector."""
+
+    heads: dict[str, Any] | None = None
+    adapters: Path | None = None
+    vision_projector: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, folder: Path, config: FEvalConfig) -> TrainedWeights:
+        """Read them (safetensors only; the folder is scanned for pickles first)."""
+        scan_for_pickles(folder)
+        if config.mode != "trained":
+            return cls()
+        from safetensors.torch import load_file
+
+        needed = [PROJECTORS_NAME] + ([VISION_PROJECTOR_NAME] if config.vision_projector == "trained" else [])
+        for name in needed:
+            if not (folder / name).is_file():
+                raise CheckpointError(f"{folder} is a trained checkpoint but has no {name}; re-save it with "
+                                      "save_pretrained")
+        vision = load_file(str(folder / VISION_PROJECTOR_NAME)) if config.vision_projector == "trained" else None
+        return cls(load_file(str(folder / PROJECTORS_NAME)), folder / ADAPTERS_DIR, vision)
+
+    @staticmethod
+    def save(model: Any, out: Path) -> None:
+        """Write a trained model's heads, experts and (when trained) vision projector into ``out``."""
+        from safetensors.torch import save_file
+
+        from .experts import save_experts
+
+        def plain(module: Any) -> dict[str, Any]:
+            return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+        save_file(plain(model.heads), str(out / PROJECTORS_NAME), metadata={"format": "pt"})
+        if model.config.vision_projector == "trained":
+            save_file(plain(model.vision_projector), str(out / VISION_PROJECTOR_NAME), metadata={"format": "pt"})
+        save_experts(model.backbone, out / ADAPTERS_DIR)

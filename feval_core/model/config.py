@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "feval_config.json"
 PROJECTORS_NAME = "projectors.safetensors"
+VISION_PROJECTOR_NAME = "vision_projector.safetensors"
 ADAPTERS_DIR = "adapters"
 FORMAT_VERSION = 1
 MAX_CONFIG_BYTES = 256 * 1024
@@ -29,6 +30,13 @@ MODES = ("zero_shot", "trained")
 SCORE_MODES = ("levels", "regression", "mean")
 ROUTINGS = ("explicit", "router")
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(gate_proj|up_proj|down_proj)"
+VISION_EXPERTS = ("none", "shared", "per_dimension")
+DEFAULT_VISION_LORA_TARGETS = (r".*(visual\.blocks|vision_tower\..*(encoder|layers?))\..*\."
+                               r"(qkv|proj|q_proj|k_proj|v_proj|out_proj|projection_layer|fc1|fc2|gate_proj|up_proj|"
+                               r"down_proj)")
+"""Linear layers of the vision tower (Qwen2-VL/2.5-VL ``visual.blocks``, InternVL and CLIP/SigLIP encoders); the
+vision projector (Qwen's merger, LLaVA/InternVL's multi_modal_projector) is trained whole, not through LoRA."""
+VISION_PROJECTOR_STATES = ("frozen", "trained")
 
 
 @dataclass
@@ -73,6 +81,13 @@ class FEvalConfig:
         "help": "LoRA dropout; the frozen backbone stays in eval mode (per-row experts need it), so keep 0"})
     lora_target_modules: str = field(default=DEFAULT_LORA_TARGETS, metadata={
         "help": "regex of LLM modules the LoRA experts attach to (the FFN by default, as in the paper)"})
+    vision_experts: str = field(default="none", metadata={
+        "help": "LoRA experts in the vision tower: 'none', 'shared' (one for every dimension: the tower still runs "
+                "once per image) or 'per_dimension' (one per dimension: the tower runs once per image and dimension)"})
+    vision_lora_target_modules: str = field(default=DEFAULT_VISION_LORA_TARGETS, metadata={
+        "help": "regex of vision-tower modules the vision experts attach to"})
+    vision_projector: str = field(default="frozen", metadata={
+        "help": "'trained': the checkpoint holds its own vision projector (vision_projector.safetensors)"})
     routing: str = field(default="explicit", metadata={
         "help": "'explicit': the requested dimension picks its expert; 'router': the trained router picks it "
                 "from the evaluation prompt"})
@@ -98,6 +113,10 @@ class FEvalConfig:
             raise ConfigError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
         if self.routing not in ROUTINGS:
             raise ConfigError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.vision_experts not in VISION_EXPERTS:
+            raise ConfigError(f"vision_experts must be one of {VISION_EXPERTS}, got {self.vision_experts!r}")
+        if self.vision_projector not in VISION_PROJECTOR_STATES:
+            raise ConfigError(f"vision_projector must be one of {VISION_PROJECTOR_STATES}, got {self.vision_projector!r}")
         bad = [d for d in self.dims if d not in DIMENSIONS]
         if bad or not self.dims or len(set(self.dims)) != len(self.dims):
             raise ConfigError(f"dims must be a non-empty subset of {DIMENSIONS} without repeats, got {list(self.dims)}")
@@ -113,12 +132,8 @@ class FEvalConfig:
             raise ConfigError(f"max_image_pixels must be a positive integer or null, got {self.max_image_pixels!r}")
         if not _is_number(self.lora_dropout) or not 0.0 <= float(self.lora_dropout) < 1.0:
             raise ConfigError(f"lora_dropout must be a number in [0, 1), got {self.lora_dropout!r}")
-        if not isinstance(self.lora_target_modules, str) or not 0 < len(self.lora_target_modules) <= MAX_STRING:
-            raise ConfigError(f"lora_target_modules must be a regex string, got {self.lora_target_modules!r}")
-        try:
-            re.compile(self.lora_target_modules)
-        except re.error as exc:
-            raise ConfigError(f"lora_target_modules is not a valid regex ({exc}): {self.lora_target_modules!r}") from exc
+        for name in ("lora_target_modules", "vision_lora_target_modules"):
+            _check_regex(name, getattr(self, name))
         if not isinstance(self.trust_remote_code, bool):
             raise ConfigError(f"trust_remote_code must be true or false, got {self.trust_remote_code!r}")
         if self.format_version > FORMAT_VERSION:
@@ -126,6 +141,8 @@ class FEvalConfig:
                               f"{FORMAT_VERSION}. Upgrade feval.")
         if self.mode == "zero_shot" and self.score_mode != "levels":
             raise ConfigError("zero_shot mode scores with rating words only: set score_mode='levels'")
+        if self.mode == "zero_shot" and (self.vision_experts != "none" or self.vision_projector != "frozen"):
+            raise ConfigError("zero_shot mode has no trained parts: set vision_experts='none', vision_projector='frozen'")
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +194,15 @@ def read_json_config(path: str | Path, what: str = "a feval config") -> dict[str
         raise ConfigError(f"{path} is nested deeper than {MAX_JSON_DEPTH} levels, unlike {what}. "
                           "Refusing to parse it.")
     return data
+
+
+def _check_regex(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_STRING:
+        raise ConfigError(f"{name} must be a regex string, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(f"{name} is not a valid regex ({exc}): {value!r}") from exc
 
 
 def _is_int(v: Any) -> bool:

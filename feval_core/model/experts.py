@@ -63,7 +63,13 @@ def _range_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) 
             continue
         lora_a = self.lora_A[name]
         rows = self.lora_dropout[name](x[start:stop].to(lora_a.weight.dtype))
-        result[start:stop] += (self.lora_B[name](lora_a(rows)) * self.scaling[name]).to(result.dtype)
+        delta = (self.lora_B[name](lora_a(rows)) * self.scaling[name]).to(result.dtype)
+        if start == 0 and stop >= result.shape[0]:
+            result = result + delta
+        elif delta.requires_grad and not result.requires_grad:  # in place would make a frozen output a leaf
+            result = torch.cat([result[:start], result[start:stop] + delta, result[stop:]])
+        else:
+            result[start:stop] += delta
     return result
 
 
@@ -83,32 +89,44 @@ def expert_ranges(layers: Sequence[nn.Module], ranges: Ranges) -> Iterator[None]
 
 
 def attach_experts(backbone: nn.Module, config: FEvalConfig, adapters_dir: Path | None, random_init: bool) -> nn.Module:
+    """The backbone wrapped by PEFT with one LoRA expert per dimension on the LLM and the vision experts of
+    ``config.vision_experts`` in the tower: loaded from ``adapters_dir/<name>/``, or fresh."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    dims = list(config.dims)
-    if adapters_dir is not None:
+    from .vision import vision_expert_names
 
-        for d in dims:
+    dims = list(config.dims)
+    vision = vision_expert_names(config.vision_experts, dims)
+    if adapters_dir is not None:
+        for d in dims + vision:
             if not (adapters_dir / d / "adapter_model.safetensors").is_file():
                 raise CheckpointError(f"expert {d!r} is missing: expected {adapters_dir / d}/adapter_model.safetensors")
         model = PeftModel.from_pretrained(backbone, str(adapters_dir / dims[0]), adapter_name=dims[0])
-        for d in dims[1:]:
+        for d in dims[1:] + vision:
             model.load_adapter(str(adapters_dir / d), adapter_name=d)
     else:
-        lcfg = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=config.lora_target_modules, bias="none",
-                          init_lora_weights=not random_init)
-        model = get_peft_model(backbone, lcfg, adapter_name=dims[0])
-        for d in dims[1:]:
-            model.add_adapter(d, lcfg)
-        n_lora = sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))
-        if n_lora == 0:
+        def lora(targets: str) -> LoraConfig:
+            return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=targets, bias="none", init_lora_weights=not random_init)
 
-            raise ConfigError(f"lora_target_modules {config.lora_target_modules!r} matched no module of "
-                              f"{config.base_model!r}; set it to a regex of the LLM's FFN projections")
+        model = get_peft_model(backbone, lora(config.lora_target_modules), adapter_name=dims[0])
+        for d in dims[1:]:
+            model.add_adapter(d, lora(config.lora_target_modules))
+        _check_matched(model, dims[0], config.lora_target_modules, "lora_target_modules", config.base_model)
+        for v in vision:
+            model.add_adapter(v, lora(config.vision_lora_target_modules))
+        if vision:
+            _check_matched(model, vision[0], config.vision_lora_target_modules, "vision_lora_target_modules",
+                           config.base_model)
     model.requires_grad_(False)
     model.eval()
     return model
+
+
+def _check_matched(model: nn.Module, adapter: str, targets: str, option: str, base: str) -> None:
+    if not any(hasattr(m, "lora_A") and adapter in m.lora_A for m in model.modules()):
+        raise ConfigError(f"{option} {targets!r} matched no module of {base!r}; set it to a regex of the "
+                          f"{'vision tower' if option.startswith('vision') else 'LLM FFN'}'s linear layers")
 
 
 def save_experts(backbone: nn.Module, folder: Path) -> None:

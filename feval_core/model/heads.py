@@ -31,16 +31,33 @@ class FacialProjector(nn.Module):
 
 
 class Router(nn.Module):
-    """Classifies an evaluation prompt (mean of its frozen token embeddings) into a dimension (top-1 expert)."""
+    """Picks the expert (top-1 dimension) from a question in any wording.
 
-    def __init__(self, hidden_size: int, num_experts: int = len(DIMENSIONS)) -> None:
+    Two reads of the question's tokens are summed: a learned score per token and dimension (a bag of tokens:
+    keywords such as "sharp", "natural", "reference", "prompt" carry over to new sentences) and a linear read of
+    the mean of their frozen LLM embeddings (it carries synonyms in a real LLM; trained with strong weight decay
+    so that it does not memorise the training sentences).
+    """
+
+    EMBEDDING_DECAY = 1.0
+    """AdamW weight decay of the embedding read (the token scores have none)."""
+
+    def __init__(self, hidden_size: int, num_experts: int = len(DIMENSIONS), vocab_size: int = 0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
         self.proj = nn.Linear(hidden_size, num_experts)
+        self.tokens = nn.Embedding(max(1, vocab_size), num_experts)
+        nn.init.zeros_(self.tokens.weight)  # an unseen token says nothing
 
-    def forward(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
-        """``[N, hidden]`` pooled prompt embeddings -> ``[N, num_experts]`` logits."""
-        return self.proj(self.norm(prompt_embeds))
+    def forward(self, prompt_embeds: torch.Tensor, token_ids: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, hidden]`` mean frozen embeddings (and ``[N, T]`` token ids with their mask) -> ``[N, E]`` logits."""
+        logits = self.proj(self.norm(prompt_embeds))
+        if token_ids is not None:
+            m = mask.float() if mask is not None else torch.ones_like(token_ids, dtype=torch.float32)
+            ids = token_ids.clamp(max=self.tokens.num_embeddings - 1)
+            logits = logits + (self.tokens(ids) * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1).sqrt()
+        return logits
 
 
 class ScoreHead(nn.Module):
@@ -62,8 +79,8 @@ class ScoreHead(nn.Module):
 class FEvalHeads(nn.Module):
     """Container whose state dict is ``projectors.safetensors``."""
 
-    def __init__(self, face_dim: int, hidden_size: int, num_tokens: int) -> None:
+    def __init__(self, face_dim: int, hidden_size: int, num_tokens: int, vocab_size: int = 0) -> None:
         super().__init__()
         self.face_projector = FacialProjector(face_dim, hidden_size, num_tokens)
-        self.router = Router(hidden_size)
+        self.router = Router(hidden_size, vocab_size=vocab_size)
         self.head = ScoreHead(hidden_size)

@@ -15,15 +15,25 @@ from torch import nn
 
 from ..dimensions import DIM_INDEX, DIMENSIONS, LEVEL_VALUES, LEVEL_WORDS
 from ..errors import CheckpointError, ConfigError
-from .backbone import add_face_token, load_backbone, load_processor, rating_token_ids
+from .backbone import (
+    add_face_token,
+    escape_special,
+    load_backbone,
+    load_processor,
+    rating_token_ids,
+)
 from .batching import PassStats
-from .config import FEvalConfig
+from .config import PROJECTORS_NAME, VISION_PROJECTOR_NAME, FEvalConfig
 from .experts import attach_experts, contiguous_ranges, expert_ranges, lora_linears
 from .heads import FEvalHeads
 from .rows import FEvalBatch, FEvalOutput, Row, build_row_text, face_tensor
 from .shared_vision import SharedVision
+from .vision import vision_projector
 
 logger = logging.getLogger(__name__)
+
+ROUTER_TOKENS_KEY = "router.tokens.weight"
+"""The router's token scores; checkpoints written before the router read tokens lack it (zeros: no effect)."""
 
 
 class FEvalModel(SharedVision, nn.Module):
@@ -41,7 +51,7 @@ class FEvalModel(SharedVision, nn.Module):
         self.level_ids = rating_token_ids(processor.tokenizer, LEVEL_WORDS)
         self.register_buffer("level_values", torch.tensor(LEVEL_VALUES, dtype=torch.float32), persistent=False)
         self.stats: PassStats | None = None  # set to a PassStats to count the fast path's work
-        self._vision_has_lora: bool | None = None
+        self.vision_experts = config.vision_experts if self.trained else "none"
         self._lora_layers: list[nn.Module] | None | bool = False  # False: not looked up yet
         self.rows_by_expert = True  # fast path: each expert on its contiguous rows (False: PEFT's per-row indexing)
 
@@ -59,11 +69,13 @@ class FEvalModel(SharedVision, nn.Module):
         random_adapters: bool = False,
         attn_implementation: str | None = "sdpa",
         hub_kwargs: dict[str, Any] | None = None,
+        vision_projector_state: dict[str, torch.Tensor] | None = None,
     ) -> FEvalModel:
         """Load the backbone named by ``config`` and attach experts/heads.
 
         ``adapters_dir`` loads saved experts; without it, trained mode makes fresh ones
         (zero-initialised LoRA B as usual, or random with ``random_adapters`` for tiny test models).
+        ``vision_projector_state`` replaces the backbone's vision projector (a checkpoint that trained it).
         """
         hub_kwargs = dict(hub_kwargs or {})
         source = resolve_base(config.base_model, base_dir)
@@ -71,7 +83,8 @@ class FEvalModel(SharedVision, nn.Module):
         backbone = load_backbone(source, dtype=dtype, device=device, attn_implementation=attn_implementation,
                                  trust_remote_code=config.trust_remote_code, **hub_kwargs)
         return cls.from_parts(backbone, processor, config, device=device, heads_state=heads_state,
-                              adapters_dir=adapters_dir, random_adapters=random_adapters)
+                              adapters_dir=adapters_dir, random_adapters=random_adapters,
+                              vision_projector_state=vision_projector_state)
 
     @classmethod
     def from_parts(
@@ -84,6 +97,7 @@ class FEvalModel(SharedVision, nn.Module):
         heads_state: dict[str, torch.Tensor] | None = None,
         adapters_dir: Path | None = None,
         random_adapters: bool = False,
+        vision_projector_state: dict[str, torch.Tensor] | None = None,
     ) -> FEvalModel:
         """Wrap an already loaded backbone and processor (e.g. built from a config in memory, as the
         benchmarks do) and attach experts/heads as :meth:`build` does."""
@@ -97,21 +111,23 @@ class FEvalModel(SharedVision, nn.Module):
         if config.hidden_size is None:
             config.hidden_size = hidden
         elif config.hidden_size != hidden:
-
             raise ConfigError(f"checkpoint was trained on a backbone with hidden size {config.hidden_size}, but "
                               f"{config.base_model!r} has {hidden}; point base_model at the backbone it was trained on")
+        if vision_projector_state is not None:
+            _load_state(vision_projector(backbone), vision_projector_state, VISION_PROJECTOR_NAME)
         heads = None
         if config.mode == "trained":
             backbone = attach_experts(backbone, config, adapters_dir, random_adapters)
-            heads = FEvalHeads(config.face_dim, hidden, config.num_face_tokens)
+            vocab = int(backbone.get_input_embeddings().weight.shape[0])
+            heads = FEvalHeads(config.face_dim, hidden, config.num_face_tokens, vocab_size=vocab + 1)
             if heads_state is not None:
-                missing, unexpected = heads.load_state_dict(heads_state, strict=False)
-                if missing or unexpected:
-
-                    raise CheckpointError(f"projectors.safetensors does not match this config: missing {missing}, "
-                                          f"unexpected {unexpected}")
+                _load_state(heads, heads_state, PROJECTORS_NAME, optional=ROUTER_TOKENS_KEY)
             heads.to(device=device, dtype=torch.float32)
         model = cls(backbone, processor, config, heads)
+        if model.vision_experts != "none" and not model.can_share_vision:
+            raise ConfigError(f"vision_experts={config.vision_experts!r} needs a backbone whose processor names its "
+                              f"image token and that has get_image_features; {type(model.base_model).__name__} does "
+                              "not: use vision_experts='none'")
         return model.to(device)
 
     # -- properties ---------------------------------------------------------------------------
@@ -136,8 +152,14 @@ class FEvalModel(SharedVision, nn.Module):
             if "lora_" in name and p.dtype != dtype:
                 p.data = p.data.to(dtype)
 
+    @property
+    def vision_projector(self) -> nn.Module:
+        """The backbone's vision projector (trained when ``config.vision_projector == "trained"``)."""
+        return vision_projector(self.base_model)
+
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Facial projector, router, score head and every expert's LoRA weights (and turns their grads on)."""
+        """Facial projector, router, score head, every expert's LoRA weights (LLM and vision tower) and, when the
+        config says so, the vision projector; turns their gradients on."""
         if self.heads is None:
             return
         for name, p in self.heads.named_parameters():
@@ -147,6 +169,10 @@ class FEvalModel(SharedVision, nn.Module):
             if "lora_" in name:
                 p.requires_grad_(True)
                 yield name, p
+        if self.config.vision_projector == "trained":
+            for name, p in self.vision_projector.named_parameters():
+                p.requires_grad_(True)
+                yield f"vision_projector.{name}", p
 
     # -- inputs -------------------------------------------------------------------------------
     def _row_texts(self, rows: Sequence[Row]) -> tuple[list[str], list[list[Any]], list[list[np.ndarray | None]]]:
@@ -203,6 +229,10 @@ class FEvalModel(SharedVision, nn.Module):
             handle.remove()
 
     def forward(self, batch: FEvalBatch) -> FEvalOutput:
+        """One pass over collated rows, the backbone running its own vision tower (no vision experts)."""
+        if self.vision_experts != "none":
+            raise ConfigError("a model with vision experts scores through score_rows (the tower runs once per expert); "
+                              "FEvalModel.forward runs the tower through PEFT, which cannot pick experts in it")
         level_logits, hidden = self._run(dict(batch.inputs), batch.faces, batch.dims)
         return self._readout(level_logits, hidden, batch.dim_idx)
 
@@ -255,15 +285,18 @@ class FEvalModel(SharedVision, nn.Module):
         return reg if mode == "regression" else (reg + out.level_score) / 2
 
     def route(self, eval_prompts: Sequence[str]) -> torch.Tensor:
-        """Router logits ``[N, 4]`` over :data:`DIMENSIONS` for free-form evaluation prompts."""
+        """Router logits ``[N, 4]`` over :data:`DIMENSIONS` for free-form evaluation prompts (user text is
+        escaped: a special-token string in a question is plain text)."""
         if self.heads is None:
-            raise RuntimeError("zero-shot models have no router; pass the dimension explicitly")
-        tok = self.processor.tokenizer(list(eval_prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+            raise RuntimeError("zero-shot models have no router; ask for dimensions by name (dims=...)")
+        tok_ = self.processor.tokenizer
+        texts = [escape_special(" ".join(str(q).split()), tok_) for q in eval_prompts]
+        tok = tok_(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
         with torch.no_grad():
             emb = self.base_model.get_input_embeddings()(ids).float()
         pooled = (emb * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        return self.heads.router(pooled)
+        return self.heads.router(pooled, ids, mask)
 
     def routed_dims(self, eval_prompts: Sequence[str]) -> list[str]:
         return [DIMENSIONS[i] for i in self.route(eval_prompts).argmax(-1).tolist()]
@@ -280,6 +313,15 @@ def resolve_base(base_model: str, base_dir: Path | None) -> str:
                 raise CheckpointError(f"base_model {base_model!r} points outside the checkpoint folder {base_dir}")
             return str(candidate)
     return base_model
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], filename: str, optional: str = "") -> None:
+    """Load ``state`` into ``module``; only the key ``optional`` may be missing (it keeps its initial value)."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != optional]
+    if missing or unexpected:
+        raise CheckpointError(f"{filename} does not match this config and backbone: missing {missing}, unexpected "
+                              f"{unexpected}")
 
 
 def _text_hidden_size(model: nn.Module) -> int:

@@ -23,6 +23,8 @@ class Row:
     ref: Any = None  # PIL.Image.Image of the reference face (identity)
     face: np.ndarray | None = None  # ArcFace embedding of the image's main face; None = no face
     ref_face: np.ndarray | None = None
+    question: str | None = None  # the question in the user's words; None: the evaluation prompt of ``dim``
+    lq: Any = None  # PIL.Image.Image: the low-quality input of a restoration (shown to the quality row)
 
 
 @dataclass
@@ -57,15 +59,30 @@ def build_row_text(processor: Any, row: Row, num_face_tokens: int) -> tuple[str,
         if num_face_tokens:
             content.append(face_part(row.ref_face))
         content.append({"type": "text", "text": "\nImage to rate: "})
+    elif row.dim == "quality" and row.lq is not None:  # a restoration: its low-quality input first
+        content.append({"type": "text", "text": "Low-quality input: "})
+        content.append({"type": "image"})
+        images.append(row.lq)
+        content.append({"type": "text", "text": "\nRestored image to rate: "})
     content.append({"type": "image"})
     images.append(row.image)
     if num_face_tokens:
         content.append(face_part(row.face))
-    question = EVAL_PROMPTS[row.dim].format(prompt=(row.prompt or "").strip())
-    content.append({"type": "text", "text": "\n" + question})
+    content.append({"type": "text", "text": "\n" + row_question(row)})
     messages = [{"role": "user", "content": content}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return text + ANSWER_PREFIX[row.dim], images, faces
+
+
+def row_question(row: Row) -> str:
+    """The question of a row: its own words, or its dimension's evaluation prompt (the generation prompt filled in;
+    a correspondence question in the user's words gets the generation prompt after it)."""
+    prompt = (row.prompt or "").strip()
+    if row.question is None:
+        return EVAL_PROMPTS[row.dim].format(prompt=prompt)
+    if row.dim == "correspondence" and prompt and prompt not in row.question:
+        return f'{row.question} The prompt: "{prompt}"'
+    return row.question
 
 
 def face_tensor(faces: Sequence[np.ndarray | None], face_dim: int) -> torch.Tensor:

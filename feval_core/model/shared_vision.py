@@ -1,9 +1,9 @@
 """The fast scoring path: each image through the processor and the vision tower once, rows in length buckets.
 
-The experts sit on the LLM only (unless a checkpoint puts them on the vision tower), so the tower's output
-is the same for all four dimensions of an image: :meth:`SharedVision.score_rows` runs the tower once per
-distinct image and places its features into all its rows (``mm_encoder_outputs``), and sends the rows
-through the LLM in groups of similar length.
+Without vision experts (or with one shared by every dimension) the tower's output is the same for all four
+dimensions of an image: :meth:`SharedVision.score_rows` runs the tower once per distinct image and places its
+features into all its rows (``mm_encoder_outputs``); with one vision expert per dimension it runs once per
+image and dimension, each expert on its own images. The rows go through the LLM in groups of similar length.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from ..dimensions import DIM_INDEX
 from .batching import PreparedImage, length_buckets, pad_left
 from .rows import FEvalOutput, Row
+from .vision import is_vision_module, vision_expert, vision_expert_of
 
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"})
 
@@ -26,18 +27,11 @@ class SharedVision:
 
     @property
     def can_share_vision(self) -> bool:
-        """True when one vision-tower run per image can serve all its rows: the processor names its image
-        token and no expert (LoRA) sits outside the language model, so the tower's output is the same for
-        every dimension."""
+        """True when the tower can run on its own and hand its features to the LLM pass: the processor names its
+        image token and the backbone has ``get_image_features``. (Vision experts are applied one at a time.)"""
         if getattr(self.processor, "image_token", None) is None:
             return False
-        if not hasattr(self.base_model, "get_image_features"):
-            return False
-        if self._vision_has_lora is None:
-            self._vision_has_lora = any(
-                name.endswith("lora_A") and "language_model" not in name and "lm_head" not in name
-                for name, _ in self.backbone.named_modules())
-        return not self._vision_has_lora
+        return hasattr(self.base_model, "get_image_features")
 
     @property
     def image_token_id(self) -> int:
@@ -55,76 +49,104 @@ class SharedVision:
 
     def score_rows(self, rows: Sequence[Row], prepared: dict[int, PreparedImage] | None = None, *,
                    share_vision: bool = True, bucket: bool = True, max_padding: float = 0.15,
-                   max_batch_tokens: int | None = None) -> FEvalOutput:
+                   max_batch_tokens: int | None = None, by_expert: bool | None = None,
+                   faces: torch.Tensor | None = None) -> FEvalOutput:
         """Score many (image x dimension) rows, in order; equal to ``self(self.collate(rows))`` up to float noise.
 
         With ``share_vision`` (when :attr:`can_share_vision`), each distinct image (by object identity) runs
-        through the processor and the vision tower once, and its features are placed into all its rows;
-        ``prepared`` maps ``id(image)`` to a :class:`PreparedImage` made ahead (e.g. in worker threads) and
-        receives the ones made here. With ``bucket``, rows go through the LLM in groups of similar length
-        (see :func:`~feval_core.model.batching.length_buckets`) instead of one pass padded to the longest row.
+        through the processor once and through the vision tower once per vision expert its rows use (once in all
+        without vision experts or with a shared one), and its features are placed into all its rows; ``prepared``
+        maps ``id(image)`` to a :class:`PreparedImage` made ahead (e.g. in worker threads) and receives the ones
+        made here. With ``bucket``, rows go through the LLM in groups of similar length (see
+        :func:`~feval_core.model.batching.length_buckets`) instead of one pass padded to the longest row.
+        ``by_expert`` (default :attr:`rows_by_expert`): each LLM expert runs on its contiguous rows instead of
+        through PEFT's per-row indexing (which training with gradient checkpointing needs). ``faces``: face vectors
+        in token order of the rows (e.g. with gradients from a torch face embedder) instead of the rows' own.
+        Differentiable.
         """
         if not rows:
             raise ValueError("score_rows needs at least one row")
         if not (share_vision and self.can_share_vision):
             return self(self.collate(rows).to(self.device))
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
+        by_expert = self.rows_by_expert if by_expert is None else by_expert
         prepared = {} if prepared is None else prepared
         texts, row_images, row_faces = self._row_texts(rows)
-        slot: dict[int, int] = {}  # id(image) -> index into ``unique``
-        unique: list[PreparedImage] = []
-        for imgs in row_images:
+        slots: list[list[tuple[int, str | None]]] = []  # per row: (id(image), vision expert) of each image
+        for row, imgs in zip(rows, row_images):
+            expert = vision_expert_of(self.vision_experts, row.dim)
             for im in imgs:
-                if id(im) not in slot:
-                    if id(im) not in prepared:
-                        prepared[id(im)] = self.prepare_image(im)
-                    slot[id(im)] = len(unique)
-                    unique.append(prepared[id(im)])
-        seqs = self._expand_ids(self.processor.tokenizer(texts)["input_ids"], row_images, slot, unique)
-        features, as_tensor = self._image_features(unique)
+                if id(im) not in prepared:
+                    prepared[id(im)] = self.prepare_image(im)
+            slots.append([(id(im), expert) for im in imgs])
+        features, as_tensor = self._features_by_expert(slots, prepared)
+        face_rows = _split_faces(faces, row_faces) if faces is not None else None
+        seqs = self._expand_ids(self.processor.tokenizer(texts)["input_ids"], row_images, prepared)
         groups = (length_buckets([len(s) for s in seqs], max_padding, max_batch_tokens) if bucket
                   else [list(range(len(rows)))])
-        n = len(rows)
         level_logits: torch.Tensor | None = None
         hidden: torch.Tensor | None = None
-        pad_id = self.processor.tokenizer.pad_token_id
         for group in groups:
-            if self.rows_by_expert:  # each expert's rows become one contiguous range
+            if by_expert:  # each expert's rows become one contiguous range
                 group = sorted(group, key=lambda i: DIM_INDEX[rows[i].dim])
-            ids, mask = pad_left([seqs[i] for i in group], pad_id)
-            kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-            if "mm_token_type_ids" in self._text_keys:
-                kwargs["mm_token_type_ids"] = self._mm_token_type_ids(ids).to(self.device)
-            order = [slot[id(im)] for i in group for im in row_images[i]]
-            feats = [features[k] for k in order]
-            pooled: Any = torch.cat(feats) if as_tensor else tuple(feats)
-            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
-            for key in self._per_image_position_keys(unique[0]):
-                kwargs[key] = torch.cat([unique[k].pixels[key] for k in order]).to(self.device)
-            faces = self._face_tensor([f for i in group for f in row_faces[i]])
-            logits_g, hidden_g = self._run(kwargs, faces.to(self.device) if faces is not None else None,
-                                           [rows[i].dim for i in group], by_range=self.rows_by_expert)
+            kwargs = self._llm_inputs([seqs[i] for i in group], [k for i in group for k in slots[i]], features,
+                                      as_tensor, prepared)
+            if face_rows is not None:
+                group_faces = torch.cat([face_rows[i] for i in group]) if self.num_face_tokens else None
+            else:
+                group_faces = self._face_tensor([f for i in group for f in row_faces[i]])
+            logits_g, hidden_g = self._run(kwargs, group_faces.to(self.device) if group_faces is not None else None,
+                                           [rows[i].dim for i in group], by_range=by_expert)
             if level_logits is None:
-                level_logits = logits_g.new_empty((n, logits_g.shape[1]))
-                hidden = hidden_g.new_empty((n, hidden_g.shape[1]))
+                level_logits = logits_g.new_empty((len(rows), logits_g.shape[1]))
+                hidden = hidden_g.new_empty((len(rows), hidden_g.shape[1]))
             index = torch.as_tensor(group, device=logits_g.device)
-            level_logits[index] = logits_g
-            hidden[index] = hidden_g
-            if self.stats is not None:
-                lengths = [len(seqs[i]) for i in group]
-                st = self.stats
-                st.passes += 1
-                st.rows += len(group)
-                st.tokens += sum(lengths)
-                st.padded_tokens += ids.numel()
-                st.tokens_sq += sum(x * x for x in lengths)
+            level_logits = level_logits.index_put((index,), logits_g)
+            hidden = hidden.index_put((index,), hidden_g)
         assert level_logits is not None and hidden is not None
         dim_idx = torch.tensor([DIM_INDEX[r.dim] for r in rows], dtype=torch.long, device=hidden.device)
         return self._readout(level_logits, hidden, dim_idx)
 
-    def _expand_ids(self, ids: list[list[int]], row_images: list[list[Any]], slot: dict[int, int],
-                    unique: list[PreparedImage]) -> list[list[int]]:
+    def _features_by_expert(self, slots: list[list[tuple[int, str | None]]], prepared: dict[int, PreparedImage]
+                            ) -> tuple[dict[tuple[int, str | None], torch.Tensor], bool]:
+        """Vision features of every (image, vision expert) the rows need: one tower run per expert, on that
+        expert's images (its contiguous slice)."""
+        by_expert: dict[str | None, list[int]] = {}
+        for key_img, expert in dict.fromkeys(k for row in slots for k in row):
+            by_expert.setdefault(expert, []).append(key_img)
+        features: dict[tuple[int, str | None], torch.Tensor] = {}
+        as_tensor = False
+        for expert, images in by_expert.items():
+            feats, as_tensor = self._image_features([prepared[i] for i in images], expert)
+            features.update({(i, expert): f for i, f in zip(images, feats)})
+        return features, as_tensor
+
+    def _llm_inputs(self, seqs: list[list[int]], keys: list[tuple[int, str | None]],
+                    features: dict[tuple[int, str | None], torch.Tensor], as_tensor: bool,
+                    prepared: dict[int, PreparedImage]) -> dict[str, Any]:
+        """Backbone keyword arguments of one LLM pass: padded ids and the images' features in text order."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        ids, mask = pad_left(seqs, self.processor.tokenizer.pad_token_id)
+        kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if "mm_token_type_ids" in self._text_keys:
+            kwargs["mm_token_type_ids"] = self._mm_token_type_ids(ids).to(self.device)
+        feats = [features[k] for k in keys]
+        pooled: Any = torch.cat(feats) if as_tensor else tuple(feats)
+        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
+        for key in self._per_image_position_keys(prepared[keys[0][0]]):
+            kwargs[key] = torch.cat([prepared[k[0]].pixels[key] for k in keys]).to(self.device)
+        if self.stats is not None:
+            lengths = [len(s) for s in seqs]
+            st = self.stats
+            st.passes += 1
+            st.rows += len(seqs)
+            st.tokens += sum(lengths)
+            st.padded_tokens += ids.numel()
+            st.tokens_sq += sum(x * x for x in lengths)
+        return kwargs
+
+    def _expand_ids(self, ids: list[list[int]], row_images: list[list[Any]],
+                    prepared: dict[int, PreparedImage]) -> list[list[int]]:
         """Replace each row's image placeholder tokens by the ids of its images, in order."""
         image_id = self.image_token_id
         seqs = []
@@ -135,7 +157,7 @@ class SharedVision:
                 if t == image_id:
                     if k >= len(imgs):
                         raise RuntimeError(f"a row has more image tokens than its {len(imgs)} image(s)")
-                    seq.extend(unique[slot[id(imgs[k])]].ids)
+                    seq.extend(prepared[id(imgs[k])].ids)
                     k += 1
                 else:
                     seq.append(t)
@@ -145,12 +167,15 @@ class SharedVision:
             seqs.append(seq)
         return seqs
 
-    def _image_features(self, unique: list[PreparedImage]) -> tuple[list[torch.Tensor], bool]:
-        """Vision features ``[num_tokens, hidden]`` of each prepared image (one tower run for all of them)
-        and whether the backbone takes them as one tensor (InternVL) rather than a per-image tuple."""
+    def _image_features(self, unique: list[PreparedImage], expert: str | None = None
+                        ) -> tuple[list[torch.Tensor], bool]:
+        """Vision features ``[num_tokens, hidden]`` of each prepared image (one tower run for all of them, with
+        vision expert ``expert``) and whether the backbone takes them as one tensor (InternVL) rather than a
+        per-image tuple."""
         keys = list(unique[0].pixels)
         inputs = {k: torch.cat([p.pixels[k] for p in unique]).to(self.device) for k in keys}
-        out = self.base_model.get_image_features(**inputs, return_dict=True)
+        with vision_expert(self._vision_layers(), expert):
+            out = self.base_model.get_image_features(**inputs, return_dict=True)
         pooled = out.pooler_output
         as_tensor = isinstance(pooled, torch.Tensor)
         parts = [pooled] if as_tensor else list(pooled)
@@ -167,6 +192,15 @@ class SharedVision:
             st.vision_inputs_sq += sum(c * c for c in counts)
         return list(torch.split(flat, sizes)), as_tensor
 
+    def _vision_layers(self) -> list[Any]:
+        """The LoRA layers inside the vision tower (empty without vision experts)."""
+        if self.vision_experts == "none":
+            return []
+        if not hasattr(self, "_vision_lora"):
+            self._vision_lora = [m for name, m in self.backbone.named_modules()
+                                 if hasattr(m, "lora_A") and is_vision_module(name)]
+        return self._vision_lora
+
     @staticmethod
     def _per_image_position_keys(example: PreparedImage) -> list[str]:
         """Per-image tensors the backbone needs next to the features (Qwen's grid sizes for its 3-D rope)."""
@@ -182,3 +216,11 @@ class SharedVision:
             return torch.as_tensor(np.asarray(create(ids.tolist())), dtype=torch.long)
         return (ids == self.image_token_id).long()
 
+
+
+def _split_faces(faces: torch.Tensor, row_faces: list[list[Any]]) -> list[torch.Tensor]:
+    """Given face vectors in the rows' token order, the vectors of each row."""
+    counts = [len(fs) for fs in row_faces]
+    if faces.shape[0] != sum(counts):
+        raise ValueError(f"got {faces.shape[0]} face vectors for the rows' {sum(counts)} face slots")
+    return list(torch.split(faces, counts))

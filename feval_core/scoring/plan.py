@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dimensions import NEEDS_PROMPT, NEEDS_REF
+from ..dimensions import DIM_INDEX, DIMENSIONS, EVAL_PROMPTS, NEEDS_PROMPT, NEEDS_REF
 from ..errors import ImageInputError
 from ..faces.identity import identity_blocker, zero_shot_identity
 from ..inputs.images import broadcast, load_image, pad_to_aspect
@@ -65,15 +65,32 @@ class References:
         return Reference(image, info)
 
 
+@dataclass(frozen=True)
+class Asked:
+    """A question in the user's own words and the expert the router picked for it, with its probability."""
+
+    text: str
+    dim: str
+    probability: float
+
+
 @dataclass
 class Question:
-    """One (image, dimension): asked of the LMM, or answered without it (``value``)."""
+    """One row for an image: asked of the LMM, or answered without it (``value``).
+
+    ``dim`` is the expert (and answer prefix and head) that answers; the score goes to column ``column`` of the
+    scores, or to the image's answer ``answer`` for a question in the user's words (``text``).
+    """
 
     index: int  # the image's position in its chunk
     dim: str
     prompt: str | None = None
     ref: Reference | None = None
     value: float | None = None  # zero-shot identity: the ArcFace score, no LMM
+    text: str | None = None  # the question in the row; None: the evaluation prompt of ``dim``
+    column: int | None = None
+    answer: int | None = None
+    lq: Reference | None = None  # a restoration's low-quality input, shown to the quality row
 
 
 def line_up(n: int, prompts: Any, refs: Any) -> tuple[list[str | None], list[Any]]:
@@ -93,13 +110,17 @@ def broadcast_refs(refs: Any, n: int) -> list[Any]:
 
 
 def clean_prompt(prompt: Any, tokenizer: Any, warns: list[str]) -> str | None:
-    """White space collapsed; invalid Unicode replaced; cut to :data:`MAX_PROMPT_TOKENS` tokens (with a warning).
+    """White space collapsed; special token strings made plain text (:func:`~feval_core.model.tokens.
+    escape_special`: a word joiner after their first character, so ``<image>`` or ``<|im_start|>`` in a prompt
+    stays text); invalid Unicode replaced; cut to :data:`MAX_PROMPT_TOKENS` tokens (with a warning).
     None when nothing is left."""
+    from ..model.tokens import escape_special
+
     if prompt is None:
         return None
     if not isinstance(prompt, str):
         raise TypeError(f"prompts must be strings, got {type(prompt).__name__}")
-    prompt = " ".join(prompt.split())
+    prompt = escape_special(" ".join(prompt.split()), tokenizer)
     if not prompt:
         return None
     if not prompt.isascii() and prompt != (fixed := prompt.encode("utf-8", "replace").decode("utf-8")):
@@ -114,28 +135,51 @@ def clean_prompt(prompt: Any, tokenizer: Any, warns: list[str]) -> str | None:
 
 def plan_questions(dims: Sequence[str], prompts: Sequence[Any], refs: Sequence[Any], infos: Sequence[Any], *,
                    indices: Sequence[int], tokenizer: Any, has_face_model: bool, trained: bool,
-                   references: References, warnings: list[list[str]]) -> list[Question]:
-    """The questions of images ``indices`` (positions into ``prompts``, ``refs``, ``infos``, ``warnings``) on
-    ``dims``, in image-then-dimension order. Reasons for NaN go to ``warnings[i]``."""
+                   references: References, warnings: list[list[str]], experts: dict[str, str] | None = None,
+                   asked: Sequence[Asked] = (), lqs: Sequence[Any] | None = None,
+                   lq_images: References | None = None) -> list[Question]:
+    """The questions of images ``indices`` (positions into ``prompts``, ``refs``, ``infos``, ``warnings`` and
+    ``lqs``): each of ``dims`` (answered by ``experts[d]``, default ``d`` itself), then each ``asked`` question, in
+    image order. Reasons for NaN go to ``warnings[i]``. A quality row of an image with a low-quality input
+    (``lqs[i]``, a restoration) shows that input too; an unusable one makes quality NaN with the reason."""
+    wanted = [(experts.get(d, d) if experts else d, DIM_INDEX[d], None, None) for d in dims]
+    for k, a in enumerate(asked):
+        wanted.append((a.dim, None, a.text, k))
     out: list[Question] = []
     for i in indices:
-        for d in dims:
-            prompt = None
-            if d in NEEDS_PROMPT:
-                prompt = clean_prompt(prompts[i], tokenizer, warnings[i])
-                if prompt is None:  # no prompt, no correspondence
+        prompt: list[str | None] = []  # cleaned once per image, when a row needs it
+        for expert, column, text, answer in wanted:
+            q = Question(i, expert, column=column, answer=answer,
+                         text=text if text is not None or column is None or DIMENSIONS[column] == expert
+                         else EVAL_PROMPTS[DIMENSIONS[column]])
+            if expert in NEEDS_PROMPT:
+                if not prompt:
+                    prompt.append(clean_prompt(prompts[i], tokenizer, warnings[i]))
+                if prompt[0] is None:  # no prompt, no correspondence
                     continue
-            ref = None
-            if d in NEEDS_REF:
-                if refs[i] is None:
+                q.prompt = prompt[0]
+            if expert in NEEDS_REF and not _plan_identity(q, refs[i], infos[i], has_face_model, trained, references,
+                                                          warnings[i]):
+                continue
+            if expert == "quality" and lqs is not None and lqs[i] is not None and lq_images is not None:
+                q.lq = lq_images.get(lqs[i])
+                if q.lq.error:
+                    warnings[i].append(q.lq.error.replace("reference", "low-quality input", 1))
                     continue
-                ref = references.get(refs[i])
-                blocked = ref.error or identity_blocker(has_face_model, infos[i], ref.info)
-                if blocked:
-                    warnings[i].append(blocked)
-                    continue
-                if not trained:
-                    out.append(Question(i, d, ref=ref, value=zero_shot_identity(infos[i], ref.info)))
-                    continue
-            out.append(Question(i, d, prompt, ref))
+            out.append(q)
     return out
+
+
+def _plan_identity(q: Question, ref: Any, info: Any, has_face_model: bool, trained: bool, references: References,
+                   warns: list[str]) -> bool:
+    """Fill in an identity question's reference (and zero-shot value); False when identity is not applicable."""
+    if ref is None:
+        return False
+    q.ref = references.get(ref)
+    blocked = q.ref.error or identity_blocker(has_face_model, info, q.ref.info)
+    if blocked:
+        warns.append(blocked)
+        return False
+    if not trained:
+        q.value = zero_shot_identity(info, q.ref.info)
+    return True

@@ -23,6 +23,9 @@ class ScoreResult:
     errors: list[str | None]
     warnings: list[list[str]] = field(default_factory=list)
     dims: tuple[str, ...] = DIMENSIONS
+    answers: list[list[dict[str, Any]]] = field(default_factory=list)
+    """Per image, one ``{"question", "dimension", "probability", "score"}`` per question asked in the user's own
+    words: the dimension whose expert the router picked, its probability, the score (None: not applicable)."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -39,6 +42,10 @@ class ScoreResult:
             rec["error"] = self.errors[i]
             if self.warnings and self.warnings[i]:
                 rec["warnings"] = self.warnings[i]
+            if self.answers and self.answers[i]:
+                rec["answers"] = [{**a, "score": None if a["score"] is None or math.isnan(a["score"])
+                                   else round(a["score"], 4), "probability": round(a["probability"], 4)}
+                                  for a in self.answers[i]]
             rows.append(rec)
         return rows
 
@@ -49,7 +56,7 @@ class ScoreResult:
         return ScoreResult(
             torch.cat([p.scores for p in parts]), [n for p in parts for n in p.names],
             [f for p in parts for f in p.faces], [e for p in parts for e in p.errors],
-            [w for p in parts for w in p.warnings], parts[0].dims)
+            [w for p in parts for w in p.warnings], parts[0].dims, [a for p in parts for a in p.answers])
 
 
 def weight_vector(weights: Mapping[str, float] | Sequence[float]) -> list[float]:

@@ -7,14 +7,14 @@ import logging
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..dimensions import DIM_INDEX, DIMENSIONS, parse_dims
-from ..errors import FaceModelError, ImageInputError
+from ..dimensions import DIM_INDEX, DIMENSIONS, EVAL_PROMPTS, parse_dims
+from ..errors import ConfigError, FaceModelError, ImageInputError
 from ..inputs.images import (
     ImageItem,
     expand_inputs,
@@ -29,11 +29,11 @@ from ..inputs.prefetch import (
     chunked,
     default_workers,
 )
-from ..model.checkpoint import resolve_checkpoint, scan_for_pickles
-from ..model.config import ADAPTERS_DIR, PROJECTORS_NAME, FEvalConfig
+from ..model.checkpoint import TrainedWeights, resolve_checkpoint
+from ..model.config import FEvalConfig
 from ..model.lmm import FEvalModel
 from ..model.rows import Row
-from .plan import Question, References, line_up, plan_questions
+from .plan import Asked, Question, References, broadcast_refs, line_up, plan_questions
 from .result import ScoreResult
 
 logger = logging.getLogger(__name__)
@@ -102,23 +102,10 @@ class FEvalScorer:
         folder, config = resolve_checkpoint(path_or_id, **hub_kwargs)
         if trust_remote_code:
             config.trust_remote_code = True
-        heads_state = None
-        adapters = None
-        if folder is not None:
-            scan_for_pickles(folder)
-            if config.mode == "trained":
-                from safetensors.torch import load_file
-
-                proj = folder / PROJECTORS_NAME
-                if not proj.is_file():
-                    from ..errors import CheckpointError
-
-                    raise CheckpointError(f"{folder} is a trained checkpoint but has no {PROJECTORS_NAME}")
-                heads_state = load_file(str(proj))
-                adapters = folder / ADAPTERS_DIR
-        model = FEvalModel.build(config, base_dir=folder, device=device, dtype=dtype, heads_state=heads_state,
-                                 adapters_dir=adapters, attn_implementation=attn_implementation,
-                                 hub_kwargs=hub_kwargs)
+        weights = TrainedWeights.load(folder, config) if folder is not None else TrainedWeights()
+        model = FEvalModel.build(config, base_dir=folder, device=device, dtype=dtype, heads_state=weights.heads,
+                                 adapters_dir=weights.adapters, attn_implementation=attn_implementation,
+                                 hub_kwargs=hub_kwargs, vision_projector_state=weights.vision_projector)
         if dtype in (torch.bfloat16, torch.float16):
             model.cast_experts(dtype)  # scoring only: experts in the model's precision, no fp32 round trips
         faces = _load_face_encoder(config, folder, str(face_device or device), face_root)
@@ -139,7 +126,8 @@ class FEvalScorer:
         return cls(model, _load_face_encoder(config, None, str(face_device or device), face_root), source=None)
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``feval_config.json``, ``projectors.safetensors`` and ``adapters/<dim>/``.
+        """Write ``feval_config.json``, ``projectors.safetensors``, ``adapters/<name>/`` and, when trained,
+        ``vision_projector.safetensors``.
 
         A backbone or face pack that lives inside the source checkpoint is copied along, so the
         saved folder is self-contained.
@@ -154,13 +142,7 @@ class FEvalScorer:
                     if dst.resolve() != (self.source / rel).resolve():
                         shutil.copytree(self.source / rel, dst, dirs_exist_ok=True)
         if self.model.heads is not None:
-            from safetensors.torch import save_file
-
-            from ..model.experts import save_experts
-
-            state = {k: v.detach().contiguous().cpu() for k, v in self.model.heads.state_dict().items()}
-            save_file(state, str(out / PROJECTORS_NAME), metadata={"format": "pt"})
-            save_experts(self.model.backbone, out / ADAPTERS_DIR)
+            TrainedWeights.save(self.model, out)
         cfg.save(out)
         return out
 
@@ -170,12 +152,35 @@ class FEvalScorer:
         return self.model.device
 
     def score(self, images: Any, prompts: str | Sequence[str | None] | None = None, refs: Any = None,
-              dims: str | Sequence[str] | None = None, *, batch_size: int = 8) -> ScoreResult:
-        """Score images. ``prompts``/``refs``: one per image or one for all. Returns all rows, in order."""
-        return ScoreResult.concat(list(self.iter_scores(images, prompts, refs, dims, batch_size=batch_size)))
+              dims: str | Sequence[str] | None = None, *, batch_size: int = 8, questions: Sequence[str] | None = None,
+              lq: Any = None) -> ScoreResult:
+        """Score images. ``prompts``/``refs``: one per image or one for all. Returns all rows, in order.
+
+        ``questions``: questions in your own words ("How natural does this face look?"): the router picks the
+        expert of each, and :attr:`ScoreResult.answers` says which dimension, with its probability, and the score
+        (with questions, ``dims`` defaults to none). ``lq``: the low-quality input of each restored image (one per
+        image or one for all): the quality row compares the restoration with it, as FaceQ's raters did.
+        """
+        return ScoreResult.concat(list(self.iter_scores(images, prompts, refs, dims, batch_size=batch_size,
+                                                        questions=questions, lq=lq)))
+
+    def route_questions(self, questions: Sequence[str]) -> list[Asked]:
+        """The expert the router picks for each question, among this checkpoint's dimensions, with its probability."""
+        if not self.model.trained:
+            raise ConfigError("questions in your own words need a trained checkpoint (its router picks the expert); "
+                              "a zero-shot model has none: ask for dimensions by name (dims=...)")
+        if isinstance(questions, str) or not all(isinstance(q, str) and q.strip() for q in questions):
+            raise TypeError("questions must be a list of non-empty strings")
+        with self._lock, torch.inference_mode():
+            logits = self.model.route(list(questions)).float().cpu()
+        allowed = [DIM_INDEX[d] for d in self.config.dims]
+        probs = logits[:, allowed].softmax(-1)
+        return [Asked(" ".join(q.split()), self.config.dims[int(k)], float(p[k]))
+                for q, p, k in zip(questions, probs, probs.argmax(-1))]
 
     def iter_scores(self, images: Any, prompts: Any = None, refs: Any = None, dims: Any = None, *,
-                    batch_size: int = 8, items: list[ImageItem] | None = None) -> Iterator[ScoreResult]:
+                    batch_size: int = 8, items: list[ImageItem] | None = None, questions: Sequence[str] | None = None,
+                    lq: Any = None) -> Iterator[ScoreResult]:
         """Like :meth:`score`, one :class:`ScoreResult` per chunk of ``batch_size`` images (for streaming).
 
         Worker threads (:attr:`workers`) decode images, detect faces and run the image processor up to
@@ -186,9 +191,10 @@ class FEvalScorer:
         items = items if items is not None else expand_inputs(images)
         n = len(items)
         prompt_list, ref_list = line_up(n, prompts, refs)
-        wanted = tuple(d for d in parse_dims(dims) if d in self.config.dims)
-        references = References(self.face_encoder)  # each reference loaded and analysed once per run
-        ref_prepared: dict[int, Any] = {}  # id(reference image) -> PreparedImage, kept for the whole run
+        lq_list = broadcast_refs(lq, n)
+        asked = self.route_questions(questions) if questions else []
+        wanted = () if asked and not dims else tuple(d for d in parse_dims(dims) if d in self.config.dims)
+        plan = _Plan(wanted, asked, self._experts(wanted), References(self.face_encoder), References(None))
         fast = self.share_vision and self.model.can_share_vision
         workers = self.workers if self.workers is not None else (0 if n <= 1 else default_workers())
 
@@ -207,13 +213,23 @@ class FEvalScorer:
         self.last_prefetch = prefetcher.stats
         for ready in prefetcher:
             idx = [r.index for r in ready]
-            yield self._score_chunk(ready, [prompt_list[i] for i in idx], [ref_list[i] for i in idx], wanted,
-                                    references, ref_prepared)
+            yield self._score_chunk(ready, [prompt_list[i] for i in idx], [ref_list[i] for i in idx],
+                                    [lq_list[i] for i in idx], plan)
 
-    def _score_chunk(self, ready: list[_Ready], prompts: list[Any], refs: list[Any], dims: tuple[str, ...],
-                     references: References, ref_prepared: dict[int, Any]) -> ScoreResult:
+    def _experts(self, dims: Sequence[str]) -> dict[str, str]:
+        """Which expert answers each dimension: itself, or with ``routing="router"`` the router's pick for its
+        evaluation prompt."""
+        if self.config.routing != "router" or not dims:
+            return {}
+        picked = self.route_questions([EVAL_PROMPTS[d].format(prompt="") for d in dims])
+        return {d: a.dim for d, a in zip(dims, picked)}
+
+    def _score_chunk(self, ready: list[_Ready], prompts: list[Any], refs: list[Any], lqs: list[Any],
+                     plan: _Plan) -> ScoreResult:
         n = len(ready)
         scores = torch.full((n, len(DIMENSIONS)), float("nan"), dtype=torch.float32)
+        answers = [[{"question": a.text, "dimension": a.dim, "probability": a.probability, "score": None}
+                    for a in plan.asked] for _ in range(n)]
         warnings: list[list[str]] = [[] for _ in range(n)]
         infos = [r.info for r in ready]
         ok = [i for i in range(n) if ready[i].image is not None]
@@ -221,33 +237,56 @@ class FEvalScorer:
             if infos[i] is not None and not infos[i].has_face:
                 warnings[i].append("no face detected in the image")
         with self._lock, torch.inference_mode():
-            questions = plan_questions(dims, prompts, refs, infos, indices=ok, tokenizer=self.model.processor.tokenizer,
+            questions = plan_questions(plan.dims, prompts, refs, infos, indices=ok,
+                                       tokenizer=self.model.processor.tokenizer,
                                        has_face_model=self.face_encoder is not None, trained=self.model.trained,
-                                       references=references, warnings=warnings)
-            asked = [q for q in questions if q.value is None]
-            for q in questions:
-                if q.value is not None:
-                    scores[q.index, DIM_INDEX[q.dim]] = q.value
+                                       references=plan.references, warnings=warnings, experts=plan.experts,
+                                       asked=plan.asked, lqs=lqs, lq_images=plan.lq_images)
+            values = [q.value for q in questions]
+            asked = [k for k, q in enumerate(questions) if q.value is None]
             if asked:
-                rows = [self._row(ready[q.index], q) for q in asked]
-                prepared = dict(ref_prepared)
-                prepared.update({id(r.image): r.pixels for r in ready if r.pixels is not None})
-                out = self.model.score_rows(rows, prepared, share_vision=self.share_vision, bucket=self.bucket,
-                                            max_batch_tokens=self.max_batch_tokens)
-                for row in rows:
-                    if row.ref is not None and id(row.ref) in prepared:
-                        ref_prepared[id(row.ref)] = prepared[id(row.ref)]
-                vals = self.model.scores(out).float().cpu()
-                for q, v in zip(asked, vals.tolist()):
-                    scores[q.index, DIM_INDEX[q.dim]] = v
+                for k, v in zip(asked, self._ask(ready, [questions[k] for k in asked], plan.prepared)):
+                    values[k] = v
+            for q, v in zip(questions, values):
+                if q.answer is not None:
+                    answers[q.index][q.answer]["score"] = v
+                else:
+                    scores[q.index, q.column] = v
         faces = [None if r.info is None or r.image is None else int(r.info.num_faces) for r in ready]
-        return ScoreResult(scores, [r.name for r in ready], faces, [r.error for r in ready], warnings, dims)
+        warnings = [list(dict.fromkeys(w)) for w in warnings]
+        return ScoreResult(scores, [r.name for r in ready], faces, [r.error for r in ready], warnings, plan.dims,
+                           answers if plan.asked else [])
+
+    def _ask(self, ready: list[_Ready], questions: list[Question], ref_prepared: dict[int, Any]) -> list[float]:
+        """The LMM's scores of ``questions`` (one batched pass over all their rows)."""
+        rows = [self._row(ready[q.index], q) for q in questions]
+        prepared = dict(ref_prepared)
+        prepared.update({id(r.image): r.pixels for r in ready if r.pixels is not None})
+        out = self.model.score_rows(rows, prepared, share_vision=self.share_vision, bucket=self.bucket,
+                                    max_batch_tokens=self.max_batch_tokens)
+        for row in rows:  # references and low-quality inputs recur across chunks: keep their processor outputs
+            for im in (row.ref, row.lq):
+                if im is not None and id(im) in prepared:
+                    ref_prepared[id(im)] = prepared[id(im)]
+        return self.model.scores(out).float().cpu().tolist()
 
     @staticmethod
     def _row(ready: _Ready, q: Question) -> Row:
         emb = ready.info.embedding if ready.info is not None else None
         return Row(ready.image, q.dim, prompt=q.prompt, ref=q.ref.image if q.ref else None, face=emb,
-                   ref_face=q.ref.embedding if q.ref else None)
+                   ref_face=q.ref.embedding if q.ref else None, question=q.text, lq=q.lq.image if q.lq else None)
+
+
+@dataclass
+class _Plan:
+    """What a scoring run asks of every image, and what it keeps from chunk to chunk."""
+
+    dims: tuple[str, ...]
+    asked: list[Asked]
+    experts: dict[str, str]
+    references: References  # each reference loaded and analysed once per run
+    lq_images: References  # each low-quality input loaded once per run
+    prepared: dict[int, Any] = field(default_factory=dict)  # id(reference or lq image) -> PreparedImage
 
 
 def _load_face_encoder(config: FEvalConfig, folder: Path | None, device: str, face_root: str | Path | None) -> Any:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..dimensions import DIM_INDEX, DIMENSIONS, parse_dims
+from ..dimensions import DIMENSIONS, parse_dims
 from ..faces.align import aligned_face_crops
 from ..inputs.images import aspect_padding
 from ..model.preprocess import pixel_values_from_tensors
@@ -85,7 +85,8 @@ class TensorScorer:
                     warns[i].append("no face detected in the image")
             references = References(sc.face_encoder)
             questions = plan_questions(wanted, prompt_list, ref_list, infos, indices=range(n),
-                                       tokenizer=sc.model.processor.tokenizer, has_face_model=sc.face_encoder is not None,
+                                       tokenizer=sc.model.processor.tokenizer,
+                                       has_face_model=sc.face_encoder is not None,
                                        trained=sc.model.trained, references=references, warnings=warns)
             face_vecs = self._face_vectors(images, infos)
             ref_vecs: dict[int, torch.Tensor | None] = {}
@@ -102,7 +103,7 @@ class TensorScorer:
         out = torch.full((n, len(DIMENSIONS)), float("nan"), dtype=torch.float32, device=images.device)
         if entries:
             ii = torch.tensor([q.index for q, _ in entries], device=images.device)
-            jj = torch.tensor([DIM_INDEX[q.dim] for q, _ in entries], device=images.device)
+            jj = torch.tensor([q.column for q, _ in entries], device=images.device)
             vals = torch.stack([v.float().to(images.device).reshape(()) for _, v in entries])
             out = out.index_put((ii, jj), vals)
         return out
@@ -115,27 +116,51 @@ class TensorScorer:
         rows = [Row(Image.new("RGB", (p.shape[-1], p.shape[-2])), q.dim, prompt=q.prompt,
                     ref=q.ref.image if q.ref else None,
                     face=None if infos[q.index] is None else infos[q.index].embedding,
-                    ref_face=q.ref.embedding if q.ref else None) for q, p in zip(asked, padded)]
-        batch = model.collate(rows)  # token layout, grids and face placeholders from the processor
+                    ref_face=q.ref.embedding if q.ref else None, question=q.text) for q, p in zip(asked, padded)]
+        if not model.can_share_vision:
+            return self._forward_collated(rows, asked, padded, images)
+        prepared: dict[int, Any] = {}
+        for row, p in zip(rows, padded):
+            if row.ref is not None and id(row.ref) not in prepared:
+                prepared[id(row.ref)] = model.prepare_image(row.ref)  # a constant: the processor's own pixels
+            prepared[id(row.image)] = self._prepared_tensor(row.image, p.to(images.dtype))
+        faces = None
+        if self.face_embedder is not None and model.num_face_tokens:
+            faces = self._face_tensor(asked, [(self._ref_vector(q.ref, ref_vecs), face_vecs[q.index]) for q in asked],
+                                      None)
+        return model.scores(model.score_rows(rows, prepared, bucket=False, faces=faces))
+
+    def _prepared_tensor(self, placeholder: Image.Image, image: torch.Tensor) -> Any:
+        """The processor's token layout for an image of this size, with ``pixel_values`` from torch (gradients)."""
+        model = self.scorer.model
+        prepared = model.prepare_image(placeholder)
+        pv = pixel_values_from_tensors(model.processor.image_processor, [image])
+        for key, value in pv.items():
+            ref = prepared.pixels.get(key)
+            if ref is None or tuple(ref.shape) != tuple(value.shape) or (key != "pixel_values"
+                                                                           and not torch.equal(ref, value.cpu())):
+                raise RuntimeError(f"torch preprocessing gave {key} of shape {list(value.shape)}, the processor "
+                                   f"{None if ref is None else list(ref.shape)}; this processor configuration is not "
+                                   "supported")
+        return type(prepared)(prepared.ids, {**prepared.pixels, **pv}, prepared.num_tokens)
+
+    def _forward_collated(self, rows: list[Row], asked: list[Question], padded: list[torch.Tensor],
+                          images: torch.Tensor) -> torch.Tensor:
+        """Backbones whose vision tower cannot run on its own: the processor's layout, torch pixel values."""
+        model = self.scorer.model
+        batch = model.collate(rows)
         ordered: list[torch.Tensor] = []
         for q, p in zip(asked, padded):  # the processor's image order: the reference first in identity rows
             if q.ref is not None:
                 ordered.append(_pil_tensor(q.ref.image).to(images.device, images.dtype))
             ordered.append(p)
         pv = pixel_values_from_tensors(model.processor.image_processor, ordered)
-        for key, value in pv.items():
-            if key != "pixel_values" and key in batch.inputs and not torch.equal(batch.inputs[key].cpu(), value.cpu()):
-                raise RuntimeError(f"torch preprocessing gave {key}={value.tolist()} but the processor "
-                                   f"{batch.inputs[key].tolist()}; this processor configuration is not supported")
         if tuple(pv["pixel_values"].shape) != tuple(batch.inputs["pixel_values"].shape):
             raise RuntimeError(f"torch preprocessing made pixel_values of shape {list(pv['pixel_values'].shape)}, "
                                f"the processor {list(batch.inputs['pixel_values'].shape)}; this processor "
                                "configuration is not supported")
         batch = batch.to(model.device)
         batch.inputs["pixel_values"] = pv["pixel_values"].to(model.device, model.dtype)
-        if self.face_embedder is not None and model.num_face_tokens:
-            slots = [(self._ref_vector(q.ref, ref_vecs), face_vecs[q.index]) for q in asked]
-            batch.faces = self._face_tensor(asked, slots, batch.faces)
         return model.scores(model(batch))
 
     # -- faces --------------------------------------------------------------------------------

@@ -1,17 +1,17 @@
 """A synthetic opinion-score set where quality and authenticity are low-level cues, several at once.
 
-Each image is a portrait-like scene: a skin-toned oval (the "face") with fine skin texture, on a background of
-smooth colour gradients, sharp-edged shapes and fine grain. Five independent degradations, each with a
-strength in 0..1, are applied in the order a generator and a pipeline would:
+Each image is a simple portrait: a centred skin-toned oval (the "face") with eyes, brows, mouth, striped hair, a
+striped collar and fine skin texture, on a soft near-grey background with fine grain. Five independent
+degradations, each with a strength in 0..1, are applied in the order a generator and a pipeline would:
 
-* **over-smoothing** (authenticity): edge-preserving smoothing of the face, the "plastic skin" of generated faces
-  (the texture goes, the edges stay);
+* **over-smoothing** (authenticity): the "plastic skin" of generated faces: edge-preserving smoothing of the
+  face (the texture goes, the edges stay) and an even, airbrushed, slightly glossy skin tone;
 * **over-saturation** (authenticity): colours pushed away from grey (saturation x1 .. x2.6);
 * **blur** (quality): Gaussian blur of the whole image (sigma up to 2.2 px);
-* **noise** (quality): Gaussian noise (std up to 22 levels);
-* **JPEG blocking** (quality): JPEG at quality 92 (none) .. 8 (strong blocking).
+* **noise** (quality): Gaussian noise (std up to 30 levels);
+* **JPEG blocking** (quality): JPEG at quality 92 (none) .. 4 (strong blocking).
 
-The MOS are ``quality = 100 - 36 blur - 32 noise - 32 jpeg`` and ``authenticity = 100 - 50 smooth - 50 saturate``,
+The MOS are ``quality = 100 - 45 blur - 35 noise - 20 jpeg`` and ``authenticity = 100 - 50 smooth - 50 saturate``,
 plus a small rating noise. Blur also removes texture, so authenticity cannot be read off "how much fine detail"
 alone: smoothing keeps edges sharp and hits the face only. The set is built at run time; the same seed gives the
 same files.
@@ -24,18 +24,23 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from ..data.manifest import ManifestRow, write_manifest
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..train.config import TrainConfig
+
 logger = logging.getLogger(__name__)
 
 FACTORS = ("smooth", "saturate", "blur", "noise", "jpeg")
 MAX_BLUR = 2.2
-MAX_NOISE = 22.0
-JPEG_QUALITY = (92, 8)
+MAX_NOISE = 30.0
+JPEG_QUALITY = (92, 4)
+SHEEN = 28.0
 MAX_SATURATION = 2.6
 
 
@@ -51,32 +56,35 @@ class LowLevelFactors:
 
     def mos(self) -> dict[str, float]:
         """The noiseless MOS (0..100)."""
-        return {"quality": 100.0 - 36.0 * self.blur - 32.0 * self.noise - 32.0 * self.jpeg,
+        return {"quality": 100.0 - 45.0 * self.blur - 35.0 * self.noise - 20.0 * self.jpeg,
                 "authenticity": 100.0 - 50.0 * self.smooth - 50.0 * self.saturate}
 
 
 def _scene(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A clean scene (float RGB 0..255) and the mask of its face oval."""
+    """A clean portrait (float RGB 0..255): a centred face with eyes, brows, mouth, striped hair and a striped
+    collar on a soft background, fine grain everywhere and stronger skin texture on the face; and the mask of the
+    face oval. The layout barely moves, so sharp details sit at about the same place in every image."""
     yy, xx = np.mgrid[0:size, 0:size] / size
-    base = rng.uniform(60, 190) + rng.uniform(-25, 25, size=3)  # colours near grey: saturation is a cue
-    slope = rng.uniform(-40, 40, size=(2, 1)) + rng.uniform(-10, 10, size=(2, 3))
-    img = base + yy[..., None] * slope[0] + xx[..., None] * slope[1]
-    for _ in range(int(rng.integers(2, 5))):  # sharp-edged shapes
-        cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.06, 0.18)
-        mask = (np.abs(yy - cy) < r) & (np.abs(xx - cx) < r * rng.uniform(0.5, 1.5))
-        img[mask] = rng.uniform(30, 220) + rng.uniform(-35, 35, size=3)
-    img += rng.normal(0, 9.0, size=(size, size, 1))  # fine grain of the background
-    cy, cx = rng.uniform(0.42, 0.58), rng.uniform(0.4, 0.6)
-    ry, rx = rng.uniform(0.26, 0.32), rng.uniform(0.19, 0.24)
+    base = rng.uniform(90, 150) + rng.uniform(-12, 12, size=3)  # near grey: saturation is a cue
+    img = base + (yy[..., None] - 0.5) * rng.uniform(-30, 30) + np.zeros(3)
+    img = img + rng.normal(0, 5.0, size=(size, size, 1))  # fine grain of the background
+    cy, cx = 0.47 + rng.uniform(-0.015, 0.015), 0.5 + rng.uniform(-0.015, 0.015)
+    ry, rx = 0.32, 0.23
     face = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-    skin = rng.uniform(150, 200) + np.array([25.0, 0.0, -15.0]) + rng.uniform(-8, 8, size=3)
-    pores = rng.normal(0, 14.0, size=(size, size, 1)) + rng.normal(0, 6.0, size=(size, size, 3))
-    img[face] = (skin + pores)[face]
-    for dy, dx in ((-0.08, -0.08), (-0.08, 0.08)):  # eyes: small dark discs with sharp edges
-        eye = ((yy - cy - dy * 1.2) ** 2 + (xx - cx - dx) ** 2) <= (0.028) ** 2
-        img[eye] = (30, 25, 20)
-    mouth = (np.abs(yy - cy - 0.14) < 0.012) & (np.abs(xx - cx) < 0.07)
-    img[mouth] = (120, 40, 45)
+    skin = rng.uniform(150, 190) + np.array([22.0, 0.0, -14.0]) + rng.uniform(-6, 6, size=3)
+    img[face] = (skin + rng.normal(0, 16.0, size=(size, size, 1)))[face]
+    stripes = (np.floor(xx * size / 2) % 2)[..., None]  # 2-pixel strands
+    hair = (yy < cy - ry * 0.5) & (((yy - cy) / (ry * 1.1)) ** 2 + ((xx - cx) / (rx * 1.15)) ** 2 <= 1.0)
+    img[hair] = (np.array([40.0, 30.0, 25.0]) + 70.0 * stripes)[hair]
+    collar = yy > 0.86
+    img[collar] = (np.array([200.0, 200.0, 205.0]) - 150.0 * (np.floor(yy * size / 2) % 2)[..., None])[collar]
+    for dx in (-0.09, 0.09):
+        eye = ((yy - cy + 0.06) ** 2 + (xx - cx - dx) ** 2) <= 0.028 ** 2
+        img[eye] = (30, 25, 22)
+        brow = (np.abs(yy - cy + 0.12) < 0.01) & (np.abs(xx - cx - dx) < 0.05)
+        img[brow] = (45, 35, 30)
+    mouth = (np.abs(yy - cy - 0.16) < 0.012) & (np.abs(xx - cx) < 0.08)
+    img[mouth] = (125, 45, 50)
     return np.clip(img, 0, 255), face
 
 
@@ -86,15 +94,19 @@ def _saturate(img: np.ndarray, amount: float) -> np.ndarray:
 
 
 def _smooth(img: np.ndarray, face: np.ndarray, amount: float) -> np.ndarray:
-    """Edge-preserving smoothing of the face region, blended in by ``amount``."""
+    """"Plastic skin": edge-preserving smoothing of the face and an airbrushed, even, brighter tone, blended in
+    by ``amount``."""
     import cv2
 
-    u8 = np.clip(img, 0, 255).round().astype(np.uint8)
-    flat = cv2.bilateralFilter(u8, d=7, sigmaColor=40, sigmaSpace=5).astype(np.float64)
-    flat = cv2.bilateralFilter(np.clip(flat, 0, 255).astype(np.uint8), d=7, sigmaColor=40, sigmaSpace=5)
+    flat = np.clip(img, 0, 255).round().astype(np.uint8)
+    for _ in range(3):
+        flat = cv2.bilateralFilter(flat, d=9, sigmaColor=60, sigmaSpace=6)
+    waxy = flat.astype(np.float64)
+    tone = waxy[face].mean(axis=0)
+    waxy[face] = 0.5 * waxy[face] + 0.5 * tone + np.array([SHEEN, SHEEN, SHEEN * 0.8])
     out = img.copy()
-    out[face] = (1.0 - amount) * img[face] + amount * flat.astype(np.float64)[face]
-    return out
+    out[face] = (1.0 - amount) * img[face] + amount * waxy[face]
+    return np.clip(out, 0, 255)
 
 
 def render(f: LowLevelFactors, size: int, rng: np.random.Generator) -> Image.Image:
@@ -136,3 +148,40 @@ def make_lowlevel_manifest(out_dir: str | Path, n: int, *, seed: int = 0, size: 
                                                             encoding="utf-8")
     logger.info("wrote %d low-level synthetic images (size %d) to %s", n, size, out)
     return manifest
+
+
+@dataclass(frozen=True)
+class LowLevelTask:
+    """Files of a prepared low-level task: data folder (``train.jsonl``, ``val.jsonl``), backbone, face-pack root."""
+
+    data: Path
+    base: Path
+    face_root: Path
+
+
+def prepare_lowlevel_task(root: str | Path, *, n_train: int = 3000, n_val: int = 200, seed: int = 1) -> LowLevelTask:
+    """Write the data, a tiny Qwen2.5-VL backbone (wide random init, as the synthetic task's) and the tiny face
+    pack (these portraits show no face it detects: every row gets the learned "no face" tokens)."""
+    from .facepack import write_tiny_face_pack
+    from .tiny import build_tiny_backbone
+
+    root = Path(root)
+    make_lowlevel_manifest(root / "data", n_train, seed=seed, name="train.jsonl")
+    make_lowlevel_manifest(root / "data", n_val, seed=seed + 1, name="val.jsonl")
+    base = build_tiny_backbone("qwen2_5_vl", root / "backbone", init_std=0.2)
+    write_tiny_face_pack(root / "face_pack")
+    return LowLevelTask(root / "data", base, root / "face_pack")
+
+
+def lowlevel_train_config(task: LowLevelTask, out: str | Path, **overrides: object) -> TrainConfig:
+    """A :class:`~feval_core.train.config.TrainConfig` with **default** training settings: only the files, the face
+    pack and the image size (the set's 112 px) are given."""
+    from ..train.config import TrainConfig
+    from .facepack import TINY_PACK_NAME
+
+    kw: dict[str, object] = dict(
+        manifest=str(task.data / "train.jsonl"), val_manifest=str(task.data / "val.jsonl"), base=str(task.base),
+        out=str(out), face_pack=TINY_PACK_NAME, face_root=str(task.face_root), det_size=128,
+        max_image_pixels=112 * 112, progress=False)
+    kw.update(overrides)
+    return TrainConfig(**kw)

@@ -243,7 +243,9 @@ def prepare_synthetic_task(root: str | Path, *, n_train: int = 1000, n_val: int 
 
 
 def synthetic_train_config(task: SyntheticTask, out: str | Path, **overrides: object) -> TrainConfig:
-    """The :class:`~feval_core.train.config.TrainConfig` that learns the synthetic task in minutes on a CPU."""
+    """The :class:`~feval_core.train.config.TrainConfig` that learns the synthetic task in minutes on a CPU: its own
+    recipe (the low-level task of :mod:`~feval_core.testing.lowlevel` is the one trained with default settings);
+    rating words and a frozen vision tower, as it was designed with (0.82-0.94 SRCC per dimension)."""
     from ..train.config import TrainConfig
     from .facepack import TINY_PACK_NAME
 
@@ -251,6 +253,7 @@ def synthetic_train_config(task: SyntheticTask, out: str | Path, **overrides: ob
         manifest=str(task.data / "train.jsonl"), val_manifest=str(task.data / "val.jsonl"), base=str(task.base),
         out=str(out), face_pack=TINY_PACK_NAME, face_root=str(task.face_root), det_size=128,
         max_image_pixels=56 * 56, num_face_tokens=4, lora_rank=16, lora_alpha=32, lora_targets=SYNTHETIC_LORA_TARGETS,
-        batch_size=64, epochs=5, lr=4e-3, head_lr=1.5e-3, eval_every=10_000, progress=False, log_every=10)
+        batch_size=64, epochs=5, lr=4e-3, head_lr=1.5e-3, eval_every=10_000, progress=False, log_every=10,
+        schedule="levels", vision_experts="none")
     kw.update(overrides)
     return TrainConfig(**kw)

@@ -41,15 +41,20 @@ _SPECIAL = {
 
 
 def _corpus() -> list[str]:
+    """What the tiny tokenizers learn their vocabulary from: feval's own prompts and the words of the router's
+    question paraphrases (a real tokenizer knows those words too; their labels are not used here)."""
+    from ..questions import PARAPHRASES
+
     words = " ".join(LEVEL_WORDS)
     lines = list(EVAL_PROMPTS.values()) + list(ANSWER_PREFIX.values())
     lines += [f"The image is {w}." for w in LEVEL_WORDS]
     lines += ["a photo of a smiling woman with red hair", "portrait of an old man, studio light, 85mm",
               "Face: Reference face: Please rate the image. " + words]
-    return lines * 20
+    vocabulary = sorted({w.strip('?."{},').lower() for qs in PARAPHRASES.values() for q in qs for w in q.split()})
+    return lines * 20 + [" ".join(vocabulary)] * 2  # feval's own words first: they get whole tokens in any vocab
 
 
-def build_tokenizer(family: str, vocab_size: int = 512) -> Any:
+def build_tokenizer(family: str, vocab_size: int = 1024) -> Any:
     """Byte-level BPE trained on a few sentences, with the family's special tokens and a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -75,6 +80,57 @@ def build_tokenizer(family: str, vocab_size: int = 512) -> Any:
     )
     fast.add_special_tokens({"additional_special_tokens": _SPECIAL[family]}, replace_extra_special_tokens=False)
     fast.chat_template = _CHATML.replace("IMAGE_PLACEHOLDER", _IMAGE_MARKUP[family])
+    return fast
+
+
+def build_sentencepiece_tokenizer(family: str = "llava", vocab_size: int = 450, *,
+                                  dummy_prefix: bool = False) -> Any:
+    """A Llama-style SentencePiece tokenizer ("▁word" pieces, byte fallback) with the special tokens and chat
+    template :func:`build_tokenizer` gives ``family``; trained offline on the same corpus.
+
+    A BPE model with byte fallback (the 256 ``<0xNN>`` pieces count in ``vocab_size``; at about 300 and below,
+    words are spelt letter by letter) behind a ``Metaspace`` pre-tokenizer and decoder (prepend scheme "first"),
+    wrapped in ``LlamaTokenizerFast`` (``<s>``, ``</s>``, ``<unk>``, BOS added, left padding).
+    ``dummy_prefix=True`` adds the ``Prepend("▁")`` normalizer of Llama-2 / LLaVA-1.5 ``tokenizer.json`` files:
+    then ``" good"`` alone starts with a lone ``"▁"`` piece, while after an answer prefix the word is ``"▁good"``.
+    """
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import LlamaTokenizerFast
+
+    reference = build_tokenizer(family)  # the family's special tokens and chat template
+    special = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=max(vocab_size - 256, len(special) + 1), show_progress=False,
+                                  special_tokens=special)
+    trained.train_from_iterator(_corpus(), trainer)
+    model = json.loads(trained.to_str())["model"]
+    # Llama's layout: special tokens, then the 256 byte pieces (ordinary vocabulary, not added tokens), then pieces
+    order = special + [f"<0x{b:02X}>" for b in range(256)]
+    order += sorted((p for p in model["vocab"] if p not in special), key=model["vocab"].__getitem__)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(order)}, merges=merges, unk_token="<unk>",
+                               byte_fallback=True))
+    tok.add_special_tokens(special)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    if dummy_prefix:
+        tok.normalizer = normalizers.Prepend("▁")
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(),
+                                     decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)])
+    fast = LlamaTokenizerFast(
+        tokenizer_object=tok, add_bos_token=True, add_eos_token=False, bos_token="<s>", eos_token="</s>",
+        unk_token="<unk>", pad_token="<|endoftext|>", padding_side="left",
+        extra_special_tokens=dict(reference.init_kwargs.get("extra_special_tokens") or {}),
+    )
+    fast.add_special_tokens({"additional_special_tokens": _SPECIAL[family]}, replace_extra_special_tokens=False)
+    fast.chat_template = reference.chat_template
     return fast
 
 

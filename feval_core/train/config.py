@@ -13,18 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..model.config import DEFAULT_LORA_TARGETS
+from ..model.config import (
+    DEFAULT_LORA_TARGETS,
+    DEFAULT_VISION_LORA_TARGETS,
+    VISION_EXPERTS,
+)
 
 SCHEDULES: tuple[str, ...] = ("two_stage", "joint", "levels", "regression")
-DEFAULT_SCHEDULE = "levels"  # best held-out SRCC of the four on the synthetic task (benchmarks/schedules.py)
+DEFAULT_SCHEDULE = "joint"  # best and steadiest held-out SRCC on the low-level task (benchmarks/schedules.py)
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 LOSSES: tuple[str, ...] = ("smooth_l1", "l1", "mse")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 SPLIT_BY: tuple[str, ...] = ("auto", "model", "image", "none")
+DEFAULT_VISION_EXPERTS = "shared"  # chosen by measurement: README "Which vision experts"
+REFERENCE_LR = 1e-4
+REFERENCE_WIDTH = 2048
 TRAIN_CONFIG_NAME = "train_config.json"
 # Fields that may change between a run and its resumption without changing what is trained.
 RESUME_FREE = frozenset({"resume", "stop_after", "num_workers", "log_every", "eval_every", "eval_at_start",
-                         "save_every", "out", "progress"})
+                         "save_every", "out", "progress", "probe"})
 
 
 @dataclass
@@ -53,8 +60,14 @@ class TrainConfig:
         "help": "stop (saving resumable state) after this many optimizer steps; --resume continues"})
     batch_size: int = field(default=8, metadata={"help": "(image, dimension) rows per process per micro-step"})
     grad_accum: int = field(default=1, metadata={"help": "micro-steps per optimizer step"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA experts and facial projector"})
-    head_lr: float = field(default=1e-3, metadata={"help": "learning rate of the score head and router"})
+    lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the LoRA experts and the facial and vision projectors; default: "
+                f"{REFERENCE_LR:g} x {REFERENCE_WIDTH} / (LLM hidden size) — {REFERENCE_LR:g} for a "
+                f"{REFERENCE_WIDTH}-wide "
+                "LLM (Qwen2.5-VL-3B), 5.7e-5 at 7B, 3.2e-3 for the 64-wide test models (1/width, as muP scales Adam)"})
+    head_lr: float = field(default=1e-3, metadata={"help": "learning rate of the score head"})
+    router_lr: float = field(default=1e-2, metadata={
+        "help": "learning rate of the router (a score per question token: sparse, it needs larger steps)"})
     weight_decay: float = 0.0
     warmup_ratio: float = field(default=0.05, metadata={"help": "warm-up fraction of each stage"})
     lr_schedule: str = field(default="cosine", metadata={"help": f"one of {LR_SCHEDULES}"})
@@ -68,7 +81,14 @@ class TrainConfig:
     num_face_tokens: int = 4
     lora_rank: int = 16
     lora_alpha: int = 32
-    lora_targets: str = DEFAULT_LORA_TARGETS
+    lora_targets: str = field(default=DEFAULT_LORA_TARGETS, metadata={
+        "help": "regex of the LLM modules the dimension experts attach to"})
+    vision_experts: str = field(default=DEFAULT_VISION_EXPERTS, metadata={
+        "help": f"LoRA experts in the vision tower, one of {VISION_EXPERTS} (see README: which vision experts)"})
+    vision_lora_targets: str = field(default=DEFAULT_VISION_LORA_TARGETS, metadata={
+        "help": "regex of the vision-tower modules the vision experts attach to"})
+    train_vision_projector: bool = field(default=True, metadata={
+        "help": "train the backbone's vision projector (Qwen's merger, LLaVA/InternVL's multi_modal_projector)"})
     max_image_pixels: int | None = 448 * 448
     face_pack: str = "buffalo_l"
     face_root: str | None = field(default=None, metadata={"help": "insightface root holding models/<pack>"})
@@ -83,6 +103,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding images"})
     resume: bool = field(default=False, metadata={"help": "continue from <out>/state"})
+    probe: bool = field(default=False, metadata={
+        "help": "before training, fit linear probes on the frozen model's features (probe.json): the SRCC training "
+                "should at least reach"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on the main process"})
     trust_remote_code: bool = False
 
@@ -95,7 +118,7 @@ class TrainConfig:
             except ValueError as exc:
                 raise ConfigError(f"dims: {exc}") from exc
         choices = {"schedule": SCHEDULES, "precision": PRECISIONS, "loss": LOSSES, "lr_schedule": LR_SCHEDULES,
-                   "split_by": SPLIT_BY}
+                   "split_by": SPLIT_BY, "vision_experts": VISION_EXPERTS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -117,11 +140,14 @@ class TrainConfig:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
         for name in ("lr", "level_weight", "regression_weight", "router_weight", "weight_decay"):
+            if getattr(self, name) is None and name == "lr":
+                continue
             v = float(getattr(self, name))
             if not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
                 raise ConfigError(f"{name} must be a finite number >= 0 (lr > 0); got {v}")
-        if not (math.isfinite(self.head_lr) and self.head_lr > 0):
-            raise ConfigError(f"head_lr must be > 0; got {self.head_lr}")
+        for name in ("head_lr", "router_lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}")
         if self.copy_base and not Path(self.base).expanduser().is_dir():
             raise ConfigError(f"copy_base needs a local backbone folder; {self.base!r} is not one")
 
@@ -158,6 +184,10 @@ class TrainConfig:
             raise ConfigError(f"{path}: {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: {exc}; it is written by `feval train`, do not edit it by hand") from exc
+
+    def learning_rate(self, hidden_size: int) -> float:
+        """``lr``, or the default for an LLM of ``hidden_size`` (see the field's help)."""
+        return float(self.lr) if self.lr is not None else REFERENCE_LR * REFERENCE_WIDTH / hidden_size
 
     @property
     def stages(self) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..data.manifest import ManifestRow, read_manifest, reference_of, write_manifest
-from ..dimensions import DIMENSIONS, EVAL_PROMPTS
+from ..dimensions import DIM_INDEX, DIMENSIONS, EVAL_PROMPTS
 from ..errors import ImageInputError, ManifestError
 from .config import TrainConfig
 
@@ -40,12 +40,14 @@ class Example:
     task: str
     prompt: str | None = None
     ref: str | None = None
+    lq: str | None = None  # quality of a restoration: its low-quality input, shown beside it
 
 
 def expand_rows(rows: Sequence[ManifestRow], dims: Sequence[str] | None = None) -> list[Example]:
     """Each manifest row with ``k`` MOS (of the wanted ``dims``) becomes ``k`` examples.
 
-    The reference of identity is ``ref``, or for restorations without one, the low-quality input ``lq``.
+    The reference of identity is ``ref``, or for restorations without one, the low-quality input ``lq``; the
+    quality example of a restoration with ``lq`` shows that input beside the restored image.
     """
     wanted = set(dims or DIMENSIONS)
     out: list[Example] = []
@@ -59,7 +61,8 @@ def expand_rows(rows: Sequence[ManifestRow], dims: Sequence[str] | None = None) 
                                     "restoration)")
             out.append(Example(str(row.image), dim, float(row.mos[dim]), row.task,
                                row.prompt if dim == "correspondence" else None,
-                               str(ref) if dim == "identity" else None))
+                               str(ref) if dim == "identity" else None,
+                               str(row.lq) if dim == "quality" and row.lq is not None else None))
     return out
 
 
@@ -151,8 +154,41 @@ class RowDataset(torch.utils.data.Dataset):
         return i
 
 
+@dataclass
+class TrainBatch:
+    """The rows of a training batch and, for the shared-vision path, each distinct image run through the
+    processor (in the order :meth:`images` walks them, so it survives pickling into DataLoader workers)."""
+
+    rows: list[Any]
+    prepared: list[Any]
+
+    @staticmethod
+    def images(rows: Sequence[Any]) -> list[Any]:
+        """The distinct image objects of ``rows`` (image, then reference), in order."""
+        seen: dict[int, Any] = {}
+        for row in rows:
+            for im in (row.image, row.ref, row.lq):
+                if im is not None and id(im) not in seen:
+                    seen[id(im)] = im
+        return list(seen.values())
+
+    def prepared_by_id(self) -> dict[int, Any]:
+        """``id(image) -> PreparedImage`` for :meth:`~feval_core.model.lmm.FEvalModel.score_rows`."""
+        return {id(im): p for im, p in zip(self.images(self.rows), self.prepared)}
+
+    @property
+    def dims(self) -> list[str]:
+        return [r.dim for r in self.rows]
+
+    @property
+    def dim_idx(self) -> torch.Tensor:
+        """Each row's dimension as an index into :data:`DIMENSIONS` (the router's target)."""
+        return torch.tensor([DIM_INDEX[r.dim] for r in self.rows], dtype=torch.long)
+
+
 class Collator:
-    """Loads images and cached faces and builds an :class:`~feval_core.model.lmm.FEvalBatch` plus targets."""
+    """Loads images and cached faces into rows (each file once per batch), runs the processor on every distinct
+    image when the model scores through the shared-vision path, and adds the targets."""
 
     def __init__(self, model: Any, examples: Sequence[Example], faces: FaceCache) -> None:
         self.model = model
@@ -161,18 +197,25 @@ class Collator:
         self._keys = {p: FaceCache.key(p) for p in {e.image for e in examples} | {e.ref for e in examples if e.ref}}
 
     def __call__(self, indices: Sequence[int]) -> dict[str, Any]:
-        from ..inputs.images import load_image
+        from ..inputs.images import load_image, pad_to_aspect
         from ..model.rows import Row
 
-        rows = []
+        cache: dict[str, Any] = {}
+
+        def image(path: str) -> Any:
+            if path not in cache:
+                cache[path] = pad_to_aspect(load_image(path))
+            return cache[path]
+
         exs = [self.examples[i] for i in indices]
-        for ex in exs:
-            ref = load_image(ex.ref) if ex.ref else None
-            rows.append(Row(load_image(ex.image), ex.dim, prompt=ex.prompt, ref=ref,
-                            face=self.faces[self._keys[ex.image]],
-                            ref_face=self.faces[self._keys[ex.ref]] if ex.ref else None))
+        rows = [Row(image(ex.image), ex.dim, prompt=ex.prompt, ref=image(ex.ref) if ex.ref else None,
+                    face=self.faces[self._keys[ex.image]], ref_face=self.faces[self._keys[ex.ref]] if ex.ref else None,
+                    lq=image(ex.lq) if ex.lq else None)
+                for ex in exs]
+        share = self.model.can_share_vision
+        prepared = [self.model.prepare_image(im) for im in TrainBatch.images(rows)] if share else []
         return {
-            "batch": self.model.collate(rows),
+            "batch": TrainBatch(rows, prepared),
             "mos": torch.tensor([ex.mos for ex in exs], dtype=torch.float32),
             "index": torch.tensor(list(indices), dtype=torch.long),
             "prompts": [eval_prompt(ex) for ex in exs],
@@ -234,7 +277,8 @@ def prepare_data(cfg: TrainConfig, out: Path, accelerator: Any) -> tuple[list[Ex
     if missing_dims:
         raise ManifestError(f"no training MOS for {missing_dims}; drop them from --dims")
     cache = FaceCache(out / FACE_CACHE_NAME)
-    paths = [e.image for e in train_ex + val_ex] + [e.ref for e in train_ex + val_ex if e.ref]
+    paths = ([e.image for e in train_ex + val_ex] + [e.ref for e in train_ex + val_ex if e.ref]
+             + [e.lq for e in train_ex + val_ex if e.lq])
     if main:
         todo = cache.missing(paths)
         if todo:
@@ -259,7 +303,8 @@ def prepare_data(cfg: TrainConfig, out: Path, accelerator: Any) -> tuple[list[Ex
                 for p in sorted(unreadable):
                     fh.write(json.dumps({"image": p, "error": cache.failed.get(p, "unreadable")}) + "\n")
         if not train_ex:
-            raise ManifestError(f"none of the training images in {cfg.manifest} could be read; see {out / SKIPPED_NAME}")
+            raise ManifestError(f"none of the training images in {cfg.manifest} could be read; see "
+                                f"{out / SKIPPED_NAME}")
     readable = [p for p in dict.fromkeys(paths) if p not in unreadable]
     no_face = sum(1 for p in readable if cache.get(p) is None)
     if no_face:
@@ -270,7 +315,8 @@ def prepare_data(cfg: TrainConfig, out: Path, accelerator: Any) -> tuple[list[Ex
 
 
 def _readable(examples: list[Example], unreadable: set[str]) -> list[Example]:
-    return [e for e in examples if e.image not in unreadable and (e.ref is None or e.ref not in unreadable)]
+    return [e for e in examples if e.image not in unreadable and (e.ref is None or e.ref not in unreadable)
+            and (e.lq is None or e.lq not in unreadable)]
 
 
 def _scorable(examples: list[Example], cache: FaceCache, name: str) -> list[Example]:

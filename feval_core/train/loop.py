@@ -24,14 +24,17 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model.config import FaceEncoderConfig, FEvalConfig
+from ..questions import router_examples
 from .config import TrainConfig, check_resume
 from .data import Collator, EpochSampler, Example, RowDataset, abs_or_none, prepare_data
+from .probe import routing_accuracy
 from .state import STATE_DIR, STATE_FILE, load_state, save_state
 from .steps import (
     TrainStep,
     enable_gradient_checkpointing,
     expert_hooks,
     lr_factor,
+    score_batch,
     stage_weights,
 )
 
@@ -51,6 +54,8 @@ class TrainResult:
     seconds: float
     val: dict[str, dict[str, float]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    probe: dict[str, dict[str, float]] = field(default_factory=dict)  # linear probes of the frozen model (--probe)
+    router_accuracy: float = float("nan")  # held-out paraphrases routed to their own dimension (last validation)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -73,6 +78,8 @@ def build_model(cfg: TrainConfig, dims: tuple[str, ...], device: Any) -> tuple[A
     fcfg = FEvalConfig(base_model=base, mode="trained", score_mode=cfg.score_mode, dims=dims,
                        num_face_tokens=cfg.num_face_tokens, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                        lora_target_modules=cfg.lora_targets, max_image_pixels=cfg.max_image_pixels,
+                       vision_experts=cfg.vision_experts, vision_lora_target_modules=cfg.vision_lora_targets,
+                       vision_projector="trained" if cfg.train_vision_projector else "frozen",
                        trust_remote_code=cfg.trust_remote_code,
                        face=FaceEncoderConfig(pack=cfg.face_pack, root=abs_or_none(cfg.face_root),
                                               det_size=cfg.det_size, det_thresh=cfg.det_thresh))
@@ -85,15 +92,27 @@ def build_model(cfg: TrainConfig, dims: tuple[str, ...], device: Any) -> tuple[A
             p.data = p.data.float()
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    head_names = ("heads.head.", "heads.router.")
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in named if not n.startswith(head_names)], "lr": cfg.lr, "base_lr": cfg.lr},
-         {"params": [p for n, p in named if n.startswith(head_names)], "lr": cfg.head_lr, "base_lr": cfg.head_lr}],
-        weight_decay=cfg.weight_decay)
-    logger.info("training %d parameters (projector, router, head, LoRA) of %d; experts %s; schedule %s",
-                sum(p.numel() for _, p in named), sum(p.numel() for p in model.parameters()), ", ".join(dims),
-                cfg.schedule)
+    lr = cfg.learning_rate(model.config.hidden_size)
+    optimizer = torch.optim.AdamW(param_groups(named, cfg, lr), weight_decay=cfg.weight_decay)
+    logger.info("training %d parameters (projectors, router, head, LoRA) of %d; experts %s, vision experts %s; "
+                "schedule %s; lr %.3g", sum(p.numel() for _, p in named), sum(p.numel() for p in model.parameters()),
+                ", ".join(dims), cfg.vision_experts, cfg.schedule, lr)
     return model, named, optimizer
+
+
+def param_groups(named: list[tuple[str, nn.Parameter]], cfg: TrainConfig, lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: experts and projectors at ``lr``; the score head at ``head_lr``; the router at ``router_lr``,
+    its embedding read with strong weight decay (see :class:`~feval_core.model.heads.Router`)."""
+    from ..model.heads import Router
+
+    head, tokens, decayed = ("heads.head.",), ("heads.router.tokens.",), ("heads.router.norm.", "heads.router.proj.")
+    return [
+        {"params": [p for n, p in named if not n.startswith(head + tokens + decayed)], "lr": lr, "base_lr": lr},
+        {"params": [p for n, p in named if n.startswith(head)], "lr": cfg.head_lr, "base_lr": cfg.head_lr},
+        {"params": [p for n, p in named if n.startswith(tokens)], "lr": cfg.router_lr, "base_lr": cfg.router_lr},
+        {"params": [p for n, p in named if n.startswith(decayed)], "lr": cfg.router_lr, "base_lr": cfg.router_lr,
+         "weight_decay": Router.EMBEDDING_DECAY},
+    ]
 
 
 class Trainer:
@@ -112,6 +131,8 @@ class Trainer:
         self._validated = -1
         self._running: dict[str, torch.Tensor] = {}  # summed on the device; read (one sync) when logged
         self._count = 0
+        self.probe: dict[str, dict[str, float]] = {}
+        self.router_accuracy = float("nan")
 
     # -- set-up -------------------------------------------------------------------------------
     def _check_folder(self) -> None:
@@ -134,12 +155,13 @@ class Trainer:
         """Data, model, optimizer and loaders, wrapped by accelerate; the step plan of the run."""
         cfg, acc = self.cfg, self.accelerator
         train_ex, self.val_ex, self.dims, cache = prepare_data(cfg, self.out, acc)
+        self.train_ex = train_ex
         self.model, self.named, optimizer = build_model(cfg, self.dims, acc.device)
         sampler = EpochSampler(len(train_ex), cfg.seed)  # epochs are set through the (prepared) loader
         train_dl = torch.utils.data.DataLoader(RowDataset(train_ex), batch_size=cfg.batch_size, sampler=sampler,
                                                collate_fn=Collator(self.model, train_ex, cache),
                                                num_workers=cfg.num_workers)
-        parts: list[Any] = [TrainStep(self.model), optimizer, train_dl]
+        parts: list[Any] = [TrainStep(self.model, router_examples(self.dims)), optimizer, train_dl]
         if self.val_ex:
             parts.append(torch.utils.data.DataLoader(RowDataset(self.val_ex), batch_size=cfg.batch_size,
                                                      shuffle=False, collate_fn=Collator(self.model, self.val_ex, cache),
@@ -169,6 +191,8 @@ class Trainer:
         self._check_folder()
         self._prepare()
         self._resume()
+        if self.cfg.probe and self.step == 0:
+            self._probe()
         self.bar = tqdm(total=self.stop_at, initial=self.step, desc="training", unit="step",
                         disable=(not self.main) or (not self.cfg.progress) or None)
         if self.step == 0 and self.cfg.eval_at_start:
@@ -186,7 +210,8 @@ class Trainer:
         else:
             logger.info("stopped after %d of %d steps; continue with --resume", self.step, self.total)
         self.accelerator.end_training()
-        return TrainResult(self.out, self.step, finished, time.time() - self.t0, self.last_val, self.history)
+        return TrainResult(self.out, self.step, finished, time.time() - self.t0, self.last_val, self.history,
+                           self.probe, self.router_accuracy)
 
     def _epoch(self) -> bool:
         """The rest of the current epoch; True when the run has reached its last step."""
@@ -214,7 +239,8 @@ class Trainer:
             g["lr"] = g["base_lr"] * lr_factor(self.step, self.bounds, cfg)
         with acc.accumulate(self.step_module), \
                 expert_hooks(self.model.backbone, batch["batch"].dims if cfg.gradient_checkpointing else None):
-            losses = self.step_module(batch["batch"], batch["mos"], batch["prompts"], weights, cfg.loss)
+            losses = self.step_module(batch["batch"], batch["mos"], batch["prompts"], weights, cfg.loss,
+                                      by_expert=not cfg.gradient_checkpointing)
             acc.backward(losses["loss"])
             if acc.sync_gradients and cfg.max_grad_norm:
                 acc.clip_grad_norm_([p for _, p in self.named], cfg.max_grad_norm)
@@ -237,6 +263,19 @@ class Trainer:
             save_state(self.state_dir, self.model, self.optimizer, acc, self.step, self.epoch + end,
                        0 if end else self.micro_in_epoch)
         return self.step >= self.stop_at
+
+    def _probe(self) -> None:
+        """Linear probes of the frozen model (main process), logged and written to ``probe.json``."""
+        from .probe import PROBE_NAME, linear_probe
+
+        if self.main and self.val_ex:
+            self.probe = linear_probe(self.model, self.train_ex, self.val_ex, self.dims, seed=self.cfg.seed)
+            (self.out / PROBE_NAME).write_text(json.dumps(self.probe, indent=2) + "\n", encoding="utf-8")
+            logger.info("linear probes of the frozen model (held-out SRCC): %s", ", ".join(
+                f"{d} vision {v['vision']:.3f} answer {v['answer']:.3f}" for d, v in self.probe.items()))
+        elif self.main:
+            logger.warning("--probe needs validation rows (--val-manifest or --val-fraction > 0); skipped")
+        self.accelerator.wait_for_everyone()
 
     def _stage_of(self, step: int) -> str:
         return self.cfg.stages[0] if step < self.bounds[0] else self.cfg.stages[-1]
@@ -264,8 +303,10 @@ class Trainer:
         self._validated = step
         readout = "levels" if self._stage_of(max(0, step - 1)) == "levels" else "regression"
         self.last_val = validate(self.step_module, self.val_dl, self.val_ex, self.accelerator, readout, self.dims)
+        self.router_accuracy = routing_accuracy(self.model, self.dims)
         self._write_log({"step": step, "epoch": self.epoch, "val_readout": readout, "val": self.last_val,
-                         "val_srcc_mean": _mean([v["srcc"] for v in self.last_val.values()])})
+                         "val_srcc_mean": _mean([v["srcc"] for v in self.last_val.values()]),
+                         "router_accuracy": self.router_accuracy})
         if self.main:
             logger.info("step %d validation SRCC (%s): %s", step, readout,
                         ", ".join(f"{d} {v['srcc']:.3f}" for d, v in self.last_val.items()))
@@ -304,7 +345,7 @@ def validate(step_module: nn.Module, val_dl: Any, val_ex: Sequence[Example], acc
     preds, idxs = [], []
     for batch in val_dl:
         with accelerator.autocast():
-            out = model(batch["batch"])
+            out = score_batch(model, batch["batch"])
         score = out.level_score if readout == "levels" or out.reg_score is None else out.reg_score.clamp(0, 100)
         p, i = accelerator.gather_for_metrics((score.float(), batch["index"]))
         preds.append(p.cpu())

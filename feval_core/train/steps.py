@@ -8,7 +8,8 @@ Schedules (:data:`~feval_core.train.config.SCHEDULES`):
 * ``two_stage``: ``levels`` for the first ``stage1_fraction`` of the steps, then ``regression`` (FVQ-Rater);
 * ``joint``: both losses at every step.
 
-Every schedule also trains the router (cross-entropy of evaluation prompt -> dimension).
+Every schedule also trains the router (cross-entropy of question -> dimension, on the rows' evaluation prompts
+and the training paraphrases of :mod:`feval_core.questions`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..dimensions import LEVEL_WORDS
+from ..dimensions import DIM_INDEX, LEVEL_WORDS
 from ..errors import ConfigError
+from ..model.vision import is_vision_module
 from .config import TrainConfig
 
 
@@ -34,16 +36,26 @@ def level_targets(mos: torch.Tensor) -> torch.Tensor:
     return (n - 1 - band).long()
 
 
+def score_batch(model: Any, batch: Any, by_expert: bool = True) -> Any:
+    """The model's output on a :class:`~feval_core.train.data.TrainBatch`, through the path scoring takes
+    (vision once per image or per vision expert, experts on their rows); one LLM pass in row order."""
+    return model.score_rows(batch.rows, batch.prepared_by_id(), bucket=False, by_expert=by_expert)
+
+
 class TrainStep(nn.Module):
     """Forward pass and losses in one module, so data-parallel wrappers see every trainable parameter used."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, router_examples: tuple[list[str], list[str]] = ([], [])) -> None:
         super().__init__()
         self.model = model
+        texts, dims = router_examples  # paraphrases the router also learns from at every step
+        self.router_texts = list(texts)
+        self.register_buffer("router_targets", torch.tensor([DIM_INDEX[d] for d in dims], dtype=torch.long),
+                             persistent=False)
 
     def forward(self, batch: Any, mos: torch.Tensor, prompts: list[str], weights: dict[str, float],
-                loss: str = "smooth_l1") -> dict[str, torch.Tensor]:
-        out = self.model(batch)
+                loss: str = "smooth_l1", by_expert: bool = True) -> dict[str, torch.Tensor]:
+        out = score_batch(self.model, batch, by_expert)
         zero = out.level_logits.new_zeros(())
         level = reg = zero
         if weights.get("levels", 0.0) > 0:
@@ -56,7 +68,8 @@ class TrainStep(nn.Module):
                 reg = nn.functional.mse_loss(pred, target)
             else:
                 reg = nn.functional.smooth_l1_loss(pred, target, beta=0.05)
-        router = nn.functional.cross_entropy(self.model.route(prompts).float(), batch.dim_idx)
+        targets = torch.cat([batch.dim_idx.to(mos.device), self.router_targets.to(mos.device)])
+        router = nn.functional.cross_entropy(self.model.route(list(prompts) + self.router_texts).float(), targets)
         total = (weights.get("levels", 0.0) * level + weights.get("regression", 0.0) * reg
                  + weights.get("router", 0.0) * router)
         return {"loss": total, "level": level.detach(), "reg": reg.detach(), "router": router.detach(),
@@ -85,7 +98,7 @@ def expert_hooks(backbone: nn.Module, dims: Sequence[str] | None) -> Iterator[No
         return args, kwargs
 
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True)
-               for m in backbone.modules() if isinstance(m, LoraLayer)]
+               for name, m in backbone.named_modules() if isinstance(m, LoraLayer) and not is_vision_module(name)]
     try:
         yield
     finally:
@@ -97,7 +110,9 @@ def enable_gradient_checkpointing(model: Any) -> None:
     """Checkpoint the backbone's layers while it stays in eval mode (PEFT refuses per-row experts in training).
 
     transformers only checkpoints layers whose ``training`` flag is set, so the flag is set on the
-    checkpointed layers alone (not their sub-modules: dropout and friends stay in eval mode).
+    checkpointed layers alone (not their sub-modules: dropout and friends stay in eval mode), and only in the
+    language model: vision experts are applied for the length of one tower run, which a recomputation during
+    the backward pass would miss.
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -108,8 +123,8 @@ def enable_gradient_checkpointing(model: Any) -> None:
     else:  # pragma: no cover - older transformers
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     n = 0
-    for m in base.modules():
-        if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing:
+    for name, m in base.named_modules():
+        if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing and not is_vision_module(name):
             m.training = True
             n += 1
     if not n:
