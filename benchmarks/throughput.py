@@ -92,7 +92,8 @@ PRESETS = {  # backbones, batch sizes, image sizes, images per measurement, naiv
 
 # -- building --------------------------------------------------------------------------------------
 def build_scorer(spec: BackboneSpec, *, device: str, dtype: torch.dtype, max_pixels: int, face_root: Path,
-                 face_pack: str, det_size: int, attn: str, lora_rank: int = 16, face_tokens: int = 4) -> Any:
+                 face_pack: str, det_size: int, attn: str, lora_rank: int = 16, face_tokens: int = 4,
+                 vision_experts: str = "none") -> Any:
     """A complete FEvalScorer around a randomly initialised backbone built on ``device``."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
@@ -132,6 +133,7 @@ def build_scorer(spec: BackboneSpec, *, device: str, dtype: torch.dtype, max_pix
                                                            chat_template=tok.chat_template)
     fcfg = FEvalConfig(base_model="synthetic", mode="trained", score_mode="mean", num_face_tokens=face_tokens,
                        lora_rank=lora_rank, lora_alpha=2 * lora_rank, max_image_pixels=max_pixels,
+                       vision_experts=vision_experts,
                        face=FaceEncoderConfig(pack=face_pack, root=str(face_root), det_size=det_size))
     model = FEvalModel.from_parts(backbone, processor, fcfg, device=device, random_adapters=True)
     model.cast_experts(dtype)

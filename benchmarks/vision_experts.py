@@ -5,7 +5,8 @@ Trains the tiny F-Eval on the low-level task of :mod:`feval_core.testing.lowleve
 authenticity = plastic skin, over-saturation) with default settings except ``vision_experts``, once per option
 (and seed), after a linear probe of the frozen model's features; then scores the same held-out images with each
 trained checkpoint, side by side in one run, and prints SRCC, training time and img/s (with the ratio to
-``none``). The option with the best SRCC at an acceptable cost is the default.
+``none``); the tiny model's tower costs next to nothing, so the same is timed on a mid-size backbone (random
+weights, 448 px). The option with the best SRCC at an acceptable cost is the default.
 
     python benchmarks/vision_experts.py
     python benchmarks/vision_experts.py --seeds 0,1 --json vision.jsonl
@@ -25,17 +26,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing (and import benchmarks.throughput)
 
 logger = logging.getLogger("feval.bench")
 DIMS = ("quality", "authenticity")
 
 
-def _speed(checkpoints: dict[str, Path], images: list[str], repeats: int) -> dict[str, float]:
-    """img/s of each checkpoint on the same images (both dimensions), best of ``repeats`` after a warm-up."""
-    from feval_core import FEvalScorer
-
-    scorers = {k: FEvalScorer.from_pretrained(p, device="cpu") for k, p in checkpoints.items()}
+def _speed(scorers: dict[str, object], images: list[str], repeats: int) -> dict[str, float]:
+    """img/s of each scorer on the same images (both dimensions), best of ``repeats`` after a warm-up."""
     for s in scorers.values():
         s.score(images[:4], dims=DIMS)
     best: dict[str, float] = {}
@@ -47,6 +45,36 @@ def _speed(checkpoints: dict[str, Path], images: list[str], repeats: int) -> dic
     return best
 
 
+def _mid_scorers(options: list[str], face_root: Path) -> dict[str, object]:
+    """Scorers around one mid-size Qwen2.5-VL-class backbone (random weights; 8-layer, 256-wide vision tower,
+    448 px: about 1,000 patches an image) with each vision-experts option: on the tiny models the tower costs
+    next to nothing, so their img/s cannot show what running it once per dimension costs."""
+    import torch
+
+    from benchmarks.throughput import BackboneSpec, build_scorer
+
+    spec = BackboneSpec("mid (CPU)", 256, 4, 4, 2, 1024, 1024, vision_depth=8, vision_hidden=256, vision_heads=4,
+                        vision_intermediate=1024, fullatt=(3, 7))
+    return {o: build_scorer(spec, device="cpu", dtype=torch.float32, max_pixels=448 * 448, face_root=face_root,
+                            face_pack="tiny_face", det_size=128, attn="sdpa", vision_experts=o) for o in options}
+
+
+def _speed_only(args: argparse.Namespace) -> int:
+    from feval_core.testing.facepack import write_tiny_face_pack
+    from feval_core.testing.lowlevel import make_lowlevel_manifest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.work or tmp)
+        make_lowlevel_manifest(root / "data", 16, seed=2, size=448)
+        write_tiny_face_pack(root / "faces")
+        images = sorted(str(p) for p in (root / "data" / "images").glob("*.png"))
+        mid = _speed(_mid_scorers(args.options.split(","), root / "faces"), images, args.repeats)
+    print("| option | img/s (mid-size backbone, CPU) | x none |\n|---|---|---|")
+    for o, v in mid.items():
+        print(f"| {o} | {v:.3f} | {v / mid.get('none', v):.2f} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--options", default="none,shared,per_dimension")
@@ -55,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val", type=int, default=200, help="held-out images")
     ap.add_argument("--speed-images", type=int, default=64, help="held-out images scored for the speed comparison")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--speed-only", action="store_true", help="skip training: time the mid-size backbone only")
     ap.add_argument("--work", help="folder for data and runs (default: a temporary folder)")
     ap.add_argument("--json", help="also write the rows as JSON Lines here")
     args = ap.parse_args(argv)
@@ -69,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     from feval_core.train.loop import train
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.speed_only:
+        return _speed_only(args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         task = prepare_lowlevel_task(work / "task", n_train=args.train, n_val=args.val)
@@ -84,15 +115,21 @@ def main(argv: list[str] | None = None) -> int:
                              **{d: round(res.val[d]["srcc"], 4) for d in DIMS}})
                 checkpoints.setdefault(option, out)
                 logger.info("%s", json.dumps(rows[-1]))
+        from feval_core import FEvalScorer
+
         images = [str(r.image) for r in read_manifest(task.data / "val.jsonl")][:args.speed_images]
-        speed = _speed(checkpoints, images, args.repeats)
+        speed = _speed({k: FEvalScorer.from_pretrained(p, device="cpu") for k, p in checkpoints.items()}, images,
+                       args.repeats)
+        mid = _speed(_mid_scorers(list(checkpoints), task.face_root), images[:16], args.repeats)
     for r in rows:
         if r["option"] in speed:
             r["img_per_s"] = round(speed[r["option"]], 2)
+            r["mid_img_per_s"] = round(mid[r["option"]], 3)
             if "none" in speed:
                 r["x_none"] = round(speed[r["option"]] / speed["none"], 2)
+                r["mid_x_none"] = round(mid[r["option"]] / mid["none"], 2)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} threads)"
-    cols = ["option", "seed", "steps", "train_s", *DIMS, "img_per_s", "x_none"]
+    cols = ["option", "seed", "steps", "train_s", *DIMS, "img_per_s", "x_none", "mid_img_per_s", "mid_x_none"]
     print(f"low-level task: {args.train} train / {args.val} held-out images, default settings, {device}")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -33,6 +33,15 @@ NEEDS_PROMPT = frozenset({"correspondence"})
 NEEDS_REF = frozenset({"identity"})
 
 
+def unmet_need(dim: str, *, has_prompt: bool, has_ref: bool) -> str | None:
+    """What ``dim`` lacks to be scored (its score is NaN without it), or None: one rule for engine and nodes."""
+    if dim in NEEDS_PROMPT and not has_prompt:
+        return "needs the generation prompt"
+    if dim in NEEDS_REF and not has_ref:
+        return "needs a reference face image"
+    return None
+
+
 def parse_dims(dims: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     """Normalise a user's dimension selection (names, comma-separated string, or None for all)."""
     if dims is None:

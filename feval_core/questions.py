@@ -169,6 +169,9 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
 
 SAMPLE_PROMPT = "a portrait of a woman with red hair"
 """The generation prompt put into correspondence paraphrases when the router is trained on them."""
+HELD_OUT_PROMPT = "an old fisherman on a boat at dawn"
+"""The generation prompt of the held-out correspondence paraphrases (not the training one, so that its words
+cannot give the answer away)."""
 
 
 def _is_held_out(position: int) -> bool:
@@ -187,11 +190,12 @@ def held_out_paraphrases(dim: str) -> list[str]:
 
 def router_examples(dims: tuple[str, ...] = DIMENSIONS, *, held_out: bool = False) -> tuple[list[str], list[str]]:
     """``(questions, dimensions)``: the evaluation prompts and training paraphrases (or the held-out ones) of
-    ``dims``, with :data:`SAMPLE_PROMPT` filled in."""
+    ``dims``, with :data:`SAMPLE_PROMPT` (:data:`HELD_OUT_PROMPT`) filled in."""
     texts: list[str] = []
     labels: list[str] = []
+    prompt = HELD_OUT_PROMPT if held_out else SAMPLE_PROMPT
     for d in dims:
         qs = held_out_paraphrases(d) if held_out else [EVAL_PROMPTS[d], *train_paraphrases(d)]
-        texts += [q.format(prompt=SAMPLE_PROMPT) for q in qs]
+        texts += [q.format(prompt=prompt) for q in qs]
         labels += [d] * len(qs)
     return texts, labels

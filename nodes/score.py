@@ -11,6 +11,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from feval_core import DIMENSIONS, ScoreResult
+from feval_core.dimensions import unmet_need
 
 from .images import to_uint8
 from .patcher import FEvalHandle
@@ -118,16 +119,20 @@ class ScoreFaces(io.ComfyNode):
         return io.NodeOutput(scores, *columns, scores.to_json(), preview, answer, ui=shown)
 
 
+_HOW = {"needs a reference face image": "connect a reference face image to score it",
+        "needs the generation prompt": "type the generation prompt to score it"}
+
+
 def _usable_dims(asked: list[str], model: FEvalHandle, has_prompt: bool, has_ref: bool) -> tuple[list[str], list[str]]:
-    """Notes about dimensions that cannot be scored, and the dimensions that can."""
+    """Notes about dimensions that cannot be scored (the engine's rule, :func:`feval_core.dimensions.unmet_need`,
+    in the words of this node's inputs), and the dimensions that can."""
     header, dims = [], []
     for d in asked:
+        need = unmet_need(d, has_prompt=has_prompt, has_ref=has_ref)
         if d not in model.scorer.config.dims:
             header.append(f"{d}: n/a - this model does not score it")
-        elif d == "identity" and not has_ref:
-            header.append("identity: n/a - connect a reference face image to score it")
-        elif d == "correspondence" and not has_prompt:
-            header.append("correspondence: n/a - type the generation prompt to score it")
+        elif need:
+            header.append(f"{d}: n/a - {_HOW[need]}")
         else:
             dims.append(d)
     return header, dims

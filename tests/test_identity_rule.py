@@ -64,3 +64,27 @@ def test_identity_and_reward_agree_across_all_four_paths(score_node, faces, case
     # torch-only preprocessing matches the processors to ~1e-2 per pixel: the rewards agree to a fraction of a point
     torch.testing.assert_close(diff_reward, out["reward"], atol=0.5, rtol=0)
     torch.testing.assert_close(diff_scores, engine, atol=0.5, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("case", ["faceless image", "faceless reference"])
+def test_zero_shot_identity_agrees_with_the_face_similarity_node(score_node, tiny_ckpt, faces, case: str) -> None:
+    """Zero-shot identity (ArcFace, no LMM) through the scorer, the rewards and the node that needs no LMM."""
+    from feval_core import FEvalScorer
+    from tests.comfy_stub import load_pack, node_classes
+
+    zero_shot = FEvalScorer.zero_shot(str(tiny_ckpt / "backbone"), face_pack="tiny_face",
+                                      face_root=tiny_ckpt / "face_pack", device="cpu")
+    images = _bchw(faces["a"], faces["none"], faces["b"])
+    ref = faces["a_moved"] if case == "faceless image" else faces["none"]
+    ref_t = _bchw(ref)[0]
+    engine = zero_shot.score(images, refs=ref_t, dims="identity").scores[:, ID]
+    reward = feval_reward(images, refs=ref_t, weights={"identity": 1.0}, scorer=zero_shot, nan_reward=float("nan"))
+    diff = DifferentiableReward(zero_shot, {"identity": 1.0}, nan_reward=float("nan"))(images, refs=ref_t).detach()
+    similarity = node_classes(load_pack())["FEvalFaceSimilarity"]
+    node_identity = similarity.execute(images.permute(0, 2, 3, 1), ref_t.permute(1, 2, 0)[None], "tiny_face",
+                                       "cpu").args[1]
+    expected_nan = [False, True, False] if case == "faceless image" else [True, True, True]
+    for name, values in (("scorer", engine), ("feval_reward", reward), ("DifferentiableReward", diff),
+                         ("similarity node", torch.tensor(node_identity))):
+        assert [math.isnan(float(v)) for v in values] == expected_nan, name
+        torch.testing.assert_close(values.float(), engine, atol=1e-4, rtol=0, equal_nan=True, msg=name)

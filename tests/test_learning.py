@@ -39,6 +39,10 @@ def test_the_run_used_the_defaults(lowlevel_run) -> None:
                  "train_vision_projector", "lora_rank", "level_weight", "regression_weight"):
         assert getattr(cfg, name) == getattr(defaults, name), name
     assert cfg.schedule == DEFAULT_SCHEDULE and cfg.vision_experts == DEFAULT_VISION_EXPERTS
+    # the default learning rate scales with the LLM's width: 1e-4 x 2048 / 64 for the tiny backbone
+    lrs = [r["lr"] for r in lowlevel_run.history if "lr" in r]
+    assert cfg.lr is None and max(lrs) == pytest.approx(cfg.learning_rate(64), rel=0.05)
+    assert cfg.learning_rate(64) == pytest.approx(3.2e-3)
 
 
 def test_default_training_learns_low_level_cues_beyond_a_linear_probe(lowlevel_run) -> None:

@@ -72,9 +72,17 @@ def test_an_explicit_dimension_bypasses_the_router(trained, images) -> None:
 
 def test_special_tokens_in_a_question_are_plain_text(trained, images) -> None:
     tok = trained.model.processor.tokenizer
-    nasty = "How natural " + " ".join(tok.all_special_tokens) + " <|feval_face|> <|image_pad|> is this face?"
-    res = trained.score(images[:2], questions=[nasty])
-    assert all(a[0]["score"] is not None and math.isfinite(a[0]["score"]) for a in res.answers)
+    specials = [*tok.all_special_tokens, "<|feval_face|>", "<|image_pad|>", "<|im_start|>"]
+    nasty = "How natural " + " ".join(specials) + " is this face?"
+    escaped = nasty
+    for s in sorted(set(specials), key=len, reverse=True):  # by hand: a word joiner after the first character
+        escaped = escaped.replace(s, s[0] + "\u2060" + s[1:])
+    raw = trained.score(images[:2], questions=[nasty])
+    by_hand = trained.score(images[:2], questions=[escaped])
+    assert raw.answers[0][0]["question"] == " ".join(nasty.split())  # shown as asked
+    for a, b in zip(raw.answers, by_hand.answers):
+        assert a[0]["score"] is not None and math.isfinite(a[0]["score"])
+        assert a[0]["score"] == pytest.approx(b[0]["score"], abs=1e-5) and a[0]["dimension"] == b[0]["dimension"]
 
 
 def test_zero_shot_has_no_router(tiny_ckpt) -> None:

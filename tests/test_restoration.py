@@ -64,6 +64,17 @@ def test_a_manifest_lq_reaches_training_and_evaluation(tiny_scorer, pair, tmp_pa
     direct = tiny_scorer.score(str(tmp_path / "restored.png"), refs=str(tmp_path / "lq.png"),
                                lq=str(tmp_path / "lq.png"), dims="quality,identity").scores[0]
     assert preds["quality"] == pytest.approx(float(direct[0]), abs=1e-5)
+    ident = float(direct[DIMENSIONS.index("identity")])
+    assert (math.isnan(preds["identity"]) and math.isnan(ident)) or preds["identity"] == pytest.approx(ident, abs=1e-5)
+    # and the training batch of the quality example shows the input beside the restoration
+    from feval_core.train.data import Collator, FaceCache
+
+    cache = FaceCache(tmp_path / "faces.safetensors")
+    cache.entries = {FaceCache.key(p): None for p in (row.image, row.lq)}
+    batch = Collator(tiny_scorer.model, list(examples.values()), cache)([0, 1])["batch"]
+    by_dim = {r.dim: r for r in batch.rows}
+    assert by_dim["quality"].lq is not None and by_dim["identity"].lq is None
+    assert np.array_equal(np.asarray(by_dim["quality"].lq), pair[1])
 
 
 def test_lq_on_the_command_line(tiny_ckpt, pair, tmp_path) -> None:

@@ -109,3 +109,33 @@ def test_a_model_with_vision_experts_refuses_the_collated_forward(tiny_ckpts, fa
     model = _model(tiny_ckpts, "llava", "shared")
     with pytest.raises(ConfigError, match="vision experts"):
         model(model.collate(_rows(faces)[:1]))
+
+
+def _tower(model: FEvalModel, prepared) -> torch.Tensor:
+    """The tower's features through PEFT's own forward (whatever adapter PEFT has active)."""
+    inputs = {k: v for k, v in prepared.pixels.items()}
+    pooled = model.base_model.get_image_features(**inputs, return_dict=True).pooler_output
+    parts = [pooled] if isinstance(pooled, torch.Tensor) else list(pooled)
+    return torch.cat([t.reshape(-1, t.shape[-1]) for t in parts])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("option", ("shared", "per_dimension"))
+def test_vision_expert_features_equal_peft_with_that_adapter_active(tiny_ckpts, faces, family, option):
+    """An independent reference: PEFT applying one adapter (set_adapter) gives the features our context gives;
+    without an expert the tower is the frozen one."""
+    from feval_core.model.vision import vision_expert_names
+
+    model = _model(tiny_ckpts, family, option)
+    prepared = model.prepare_image(Image.fromarray(faces["a"]))
+    with torch.no_grad():
+        with model.backbone.disable_adapter():
+            frozen = _tower(model, prepared)
+        torch.testing.assert_close(model._image_features([prepared], None)[0][0], frozen, atol=1e-6, rtol=0)
+        for name in vision_expert_names(option, DIMENSIONS):
+            model.backbone.set_adapter(name)
+            reference = _tower(model, prepared)
+            model.backbone.set_adapter(DIMENSIONS[0])
+            ours = model._image_features([prepared], name)[0][0]
+            torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+            assert not torch.allclose(ours, frozen, atol=1e-4), f"{name} does not change the tower"

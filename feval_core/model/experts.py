@@ -64,12 +64,12 @@ def _range_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) 
         lora_a = self.lora_A[name]
         rows = self.lora_dropout[name](x[start:stop].to(lora_a.weight.dtype))
         delta = (self.lora_B[name](lora_a(rows)) * self.scaling[name]).to(result.dtype)
-        if start == 0 and stop >= result.shape[0]:
-            result = result + delta
-        elif delta.requires_grad and not result.requires_grad:  # in place would make a frozen output a leaf
-            result = torch.cat([result[:start], result[start:stop] + delta, result[stop:]])
-        else:
+        if not delta.requires_grad or result.requires_grad:
             result[start:stop] += delta
+        elif start == 0 and stop >= result.shape[0]:  # in place would make a frozen output a leaf
+            result = result + delta
+        else:
+            result = torch.cat([result[:start], result[start:stop] + delta, result[stop:]])
     return result
 
 
@@ -137,4 +137,5 @@ def save_experts(backbone: nn.Module, folder: Path) -> None:
     names = list(getattr(backbone, "peft_config", {}))
     missing = [n for n in names if not (folder / n / "adapter_model.safetensors").is_file()]
     if missing:
-        raise RuntimeError(f"PEFT did not write experts {missing} under {folder}")
+        raise RuntimeError(f"PEFT did not write experts {missing} under {folder}; check that the folder is writable "
+                           "and that peft is >= 0.17, then save again")

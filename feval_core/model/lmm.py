@@ -180,7 +180,7 @@ class FEvalModel(SharedVision, nn.Module):
         texts, row_images, row_faces = [], [], []
         for row in rows:
             if row.dim == "identity" and row.ref is None:
-                raise ValueError("an identity row needs a reference image")
+                raise ValueError("an identity row needs a reference image: give Row(ref=...) or ask another dimension")
             text, imgs, fs = build_row_text(self.processor, row, self.num_face_tokens)
             texts.append(text)
             row_images.append(imgs)
@@ -317,11 +317,16 @@ def resolve_base(base_model: str, base_dir: Path | None) -> str:
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], filename: str, optional: str = "") -> None:
     """Load ``state`` into ``module``; only the key ``optional`` may be missing (it keeps its initial value)."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    fix = ("point base_model at the backbone the checkpoint was trained on, or re-save it with the feval that "
+           "trained it")
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ: another backbone, vocabulary or config
+        raise CheckpointError(f"{filename} does not fit this backbone ({exc}); {fix}") from exc
     missing = [k for k in missing if k != optional]
     if missing or unexpected:
         raise CheckpointError(f"{filename} does not match this config and backbone: missing {missing}, unexpected "
-                              f"{unexpected}")
+                              f"{unexpected}; {fix}")
 
 
 def _text_hidden_size(model: nn.Module) -> int:

@@ -40,12 +40,7 @@ class SharedVision:
     def prepare_image(self, image: Any, processor: Any = None) -> PreparedImage:
         """Run the processor on one image (thread-safe with a ``processor`` copy per thread): the ids that
         stand for it in a row and its pixel tensors. Rows that show the same image share the result."""
-        proc = processor if processor is not None else self.processor
-        out = proc(images=[image], text=[proc.image_token], return_tensors="pt", add_special_tokens=False)
-        ids = out["input_ids"][0].tolist()
-        pixels = {k: v for k, v in out.items() if k not in _TEXT_KEYS and isinstance(v, torch.Tensor)}
-        image_id = proc.tokenizer.convert_tokens_to_ids(proc.image_token)  # this thread's own tokenizer
-        return PreparedImage(ids, pixels, sum(1 for t in ids if t == image_id))
+        return prepare_image(processor if processor is not None else self.processor, image)
 
     def score_rows(self, rows: Sequence[Row], prepared: dict[int, PreparedImage] | None = None, *,
                    share_vision: bool = True, bucket: bool = True, max_padding: float = 0.15,
@@ -53,7 +48,8 @@ class SharedVision:
                    faces: torch.Tensor | None = None) -> FEvalOutput:
         """Score many (image x dimension) rows, in order; equal to ``self(self.collate(rows))`` up to float noise.
 
-        With ``share_vision`` (when :attr:`can_share_vision`), each distinct image (by object identity) runs
+        With ``share_vision`` (when :attr:`can_share_vision`; always with vision experts, which only this path
+        applies), each distinct image (by object identity) runs
         through the processor once and through the vision tower once per vision expert its rows use (once in all
         without vision experts or with a shared one), and its features are placed into all its rows; ``prepared``
         maps ``id(image)`` to a :class:`PreparedImage` made ahead (e.g. in worker threads) and receives the ones
@@ -66,7 +62,7 @@ class SharedVision:
         """
         if not rows:
             raise ValueError("score_rows needs at least one row")
-        if not (share_vision and self.can_share_vision):
+        if not self.can_share_vision or (not share_vision and self.vision_experts == "none"):
             return self(self.collate(rows).to(self.device))
         by_expert = self.rows_by_expert if by_expert is None else by_expert
         prepared = {} if prepared is None else prepared
@@ -224,3 +220,12 @@ def _split_faces(faces: torch.Tensor, row_faces: list[list[Any]]) -> list[torch.
     if faces.shape[0] != sum(counts):
         raise ValueError(f"got {faces.shape[0]} face vectors for the rows' {sum(counts)} face slots")
     return list(torch.split(faces, counts))
+
+
+def prepare_image(processor: Any, image: Any) -> PreparedImage:
+    """One image through ``processor``: the ids that stand for it in a row and its pixel tensors."""
+    out = processor(images=[image], text=[processor.image_token], return_tensors="pt", add_special_tokens=False)
+    ids = out["input_ids"][0].tolist()
+    pixels = {k: v for k, v in out.items() if k not in _TEXT_KEYS and isinstance(v, torch.Tensor)}
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    return PreparedImage(ids, pixels, sum(1 for t in ids if t == image_id))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dimensions import DIM_INDEX, DIMENSIONS, EVAL_PROMPTS, NEEDS_PROMPT, NEEDS_REF
+from ..dimensions import DIM_INDEX, DIMENSIONS, EVAL_PROMPTS, NEEDS_PROMPT, NEEDS_REF, unmet_need
 from ..errors import ImageInputError
 from ..faces.identity import identity_blocker, zero_shot_identity
 from ..inputs.images import broadcast, load_image, pad_to_aspect
@@ -67,11 +67,15 @@ class References:
 
 @dataclass(frozen=True)
 class Asked:
-    """A question in the user's own words and the expert the router picked for it, with its probability."""
+    """A question in the user's own words and the expert the router picked for it, with its probability.
+
+    ``text`` is shown in the answers as the user wrote it (white space collapsed); ``row_text`` is what the
+    model reads (:func:`clean_text`: special-token strings made plain text, cut to the prompt limit)."""
 
     text: str
     dim: str
     probability: float
+    row_text: str
 
 
 @dataclass
@@ -109,6 +113,12 @@ def broadcast_refs(refs: Any, n: int) -> list[Any]:
     return broadcast(refs, n, "refs")
 
 
+def clean_text(text: str, tokenizer: Any) -> str:
+    """User text as a model input: special-token strings made plain text, white space collapsed, cut to
+    :data:`MAX_PROMPT_TOKENS` tokens (questions; prompts go through :func:`clean_prompt`, which warns)."""
+    return clean_prompt(text, tokenizer, []) or ""
+
+
 def clean_prompt(prompt: Any, tokenizer: Any, warns: list[str]) -> str | None:
     """White space collapsed; special token strings made plain text (:func:`~feval_core.model.tokens.
     escape_special`: a word joiner after their first character, so ``<image>`` or ``<|im_start|>`` in a prompt
@@ -140,28 +150,30 @@ def plan_questions(dims: Sequence[str], prompts: Sequence[Any], refs: Sequence[A
                    lq_images: References | None = None) -> list[Question]:
     """The questions of images ``indices`` (positions into ``prompts``, ``refs``, ``infos``, ``warnings`` and
     ``lqs``): each of ``dims`` (answered by ``experts[d]``, default ``d`` itself), then each ``asked`` question, in
-    image order. Reasons for NaN go to ``warnings[i]``. A quality row of an image with a low-quality input
-    (``lqs[i]``, a restoration) shows that input too; an unusable one makes quality NaN with the reason."""
+    image order. Reasons for NaN go to ``warnings[i]``. A row needs what its question's dimension and its expert
+    need (a prompt, a reference). A quality row of an image with a low-quality input (``lqs[i]``, a restoration)
+    shows that input too; an unusable one makes quality NaN with the reason."""
     wanted = [(experts.get(d, d) if experts else d, DIM_INDEX[d], None, None) for d in dims]
-    for k, a in enumerate(asked):
-        wanted.append((a.dim, None, a.text, k))
+    wanted += [(a.dim, None, a.row_text, k) for k, a in enumerate(asked)]
     out: list[Question] = []
     for i in indices:
         prompt: list[str | None] = []  # cleaned once per image, when a row needs it
         for expert, column, text, answer in wanted:
-            q = Question(i, expert, column=column, answer=answer,
-                         text=text if text is not None or column is None or DIMENSIONS[column] == expert
-                         else EVAL_PROMPTS[DIMENSIONS[column]])
-            if expert in NEEDS_PROMPT:
+            needs = {expert} if column is None else {expert, DIMENSIONS[column]}
+            q = Question(i, expert, column=column, answer=answer, text=text)
+            if needs & NEEDS_PROMPT:
                 if not prompt:
                     prompt.append(clean_prompt(prompts[i], tokenizer, warnings[i]))
                 if prompt[0] is None:  # no prompt, no correspondence
+                    _unanswered(q, asked, warnings[i], has_prompt=False, has_ref=True)
                     continue
                 q.prompt = prompt[0]
-            if expert in NEEDS_REF and not _plan_identity(q, refs[i], infos[i], has_face_model, trained, references,
-                                                          warnings[i]):
+            if column is not None and DIMENSIONS[column] != expert:  # routed elsewhere: still this dimension's question
+                q.text = EVAL_PROMPTS[DIMENSIONS[column]].format(prompt=q.prompt or "")
+            if needs & NEEDS_REF and not _plan_identity(q, refs[i], infos[i], has_face_model, trained, references,
+                                                        warnings[i], asked):
                 continue
-            if expert == "quality" and lqs is not None and lqs[i] is not None and lq_images is not None:
+            if "quality" in needs and lqs is not None and lqs[i] is not None and lq_images is not None:
                 q.lq = lq_images.get(lqs[i])
                 if q.lq.error:
                     warnings[i].append(q.lq.error.replace("reference", "low-quality input", 1))
@@ -170,16 +182,24 @@ def plan_questions(dims: Sequence[str], prompts: Sequence[Any], refs: Sequence[A
     return out
 
 
+def _unanswered(q: Question, asked: Sequence[Asked], warns: list[str], *, has_prompt: bool, has_ref: bool) -> None:
+    """Say why a question in the user's words gets no score (named dimensions are NaN silently, by design)."""
+    if q.answer is not None:
+        need = unmet_need(q.dim, has_prompt=has_prompt, has_ref=has_ref)
+        warns.append(f"question {asked[q.answer].text!r} went to the {q.dim} expert, which {need}")
+
+
 def _plan_identity(q: Question, ref: Any, info: Any, has_face_model: bool, trained: bool, references: References,
-                   warns: list[str]) -> bool:
+                   warns: list[str], asked: Sequence[Asked] = ()) -> bool:
     """Fill in an identity question's reference (and zero-shot value); False when identity is not applicable."""
     if ref is None:
+        _unanswered(q, asked, warns, has_prompt=True, has_ref=False)
         return False
     q.ref = references.get(ref)
     blocked = q.ref.error or identity_blocker(has_face_model, info, q.ref.info)
     if blocked:
         warns.append(blocked)
         return False
-    if not trained:
+    if not trained and q.dim == "identity":
         q.value = zero_shot_identity(info, q.ref.info)
     return True

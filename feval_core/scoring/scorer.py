@@ -33,7 +33,15 @@ from ..model.checkpoint import TrainedWeights, resolve_checkpoint
 from ..model.config import FEvalConfig
 from ..model.lmm import FEvalModel
 from ..model.rows import Row
-from .plan import Asked, Question, References, broadcast_refs, line_up, plan_questions
+from .plan import (
+    Asked,
+    Question,
+    References,
+    broadcast_refs,
+    clean_text,
+    line_up,
+    plan_questions,
+)
 from .result import ScoreResult
 
 logger = logging.getLogger(__name__)
@@ -171,11 +179,12 @@ class FEvalScorer:
                               "a zero-shot model has none: ask for dimensions by name (dims=...)")
         if isinstance(questions, str) or not all(isinstance(q, str) and q.strip() for q in questions):
             raise TypeError("questions must be a list of non-empty strings")
+        tokenizer = self.model.processor.tokenizer
         with self._lock, torch.inference_mode():
             logits = self.model.route(list(questions)).float().cpu()
         allowed = [DIM_INDEX[d] for d in self.config.dims]
         probs = logits[:, allowed].softmax(-1)
-        return [Asked(" ".join(q.split()), self.config.dims[int(k)], float(p[k]))
+        return [Asked(" ".join(q.split()), self.config.dims[int(k)], float(p[k]), clean_text(q, tokenizer))
                 for q, p, k in zip(questions, probs, probs.argmax(-1))]
 
     def iter_scores(self, images: Any, prompts: Any = None, refs: Any = None, dims: Any = None, *,

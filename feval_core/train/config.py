@@ -202,9 +202,15 @@ class TrainConfig:
 
 def check_resume(cfg: TrainConfig, out: Path) -> None:
     """Refuse to resume the run in ``out`` with settings that change what is trained."""
+    from ..model.config import read_json_config
+
     saved = out / TRAIN_CONFIG_NAME
     if not saved.is_file():
         raise ConfigError(f"--resume: {out} has no {TRAIN_CONFIG_NAME}; start a new run without --resume")
+    if "vision_experts" not in read_json_config(saved, "a feval train config"):
+        raise ConfigError(f"--resume: the run in {out} was started by a feval without vision experts and a trained "
+                          "vision projector, whose state this one cannot continue; finish it with the feval that "
+                          "started it, or start a new run in another folder")
     old = TrainConfig.load(saved).to_dict()
     new = cfg.to_dict()
     diff = sorted(k for k in new if k not in RESUME_FREE and old.get(k) != new.get(k))

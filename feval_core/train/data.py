@@ -187,11 +187,13 @@ class TrainBatch:
 
 
 class Collator:
-    """Loads images and cached faces into rows (each file once per batch), runs the processor on every distinct
-    image when the model scores through the shared-vision path, and adds the targets."""
+    """Loads images and cached faces into rows (each file once per batch), cleans prompts as scoring does, runs
+    the processor on every distinct image when the model scores through the shared-vision path, and adds the
+    targets. It holds the model's processor, not the model (DataLoader workers get a copy of it)."""
 
     def __init__(self, model: Any, examples: Sequence[Example], faces: FaceCache) -> None:
-        self.model = model
+        self.processor = model.processor
+        self.share_vision = bool(model.can_share_vision)
         self.examples = list(examples)
         self.faces = {k: v for k, v in faces.entries.items()}
         self._keys = {p: FaceCache.key(p) for p in {e.image for e in examples} | {e.ref for e in examples if e.ref}}
@@ -199,6 +201,8 @@ class Collator:
     def __call__(self, indices: Sequence[int]) -> dict[str, Any]:
         from ..inputs.images import load_image, pad_to_aspect
         from ..model.rows import Row
+        from ..model.shared_vision import prepare_image
+        from ..scoring.plan import clean_prompt
 
         cache: dict[str, Any] = {}
 
@@ -208,12 +212,13 @@ class Collator:
             return cache[path]
 
         exs = [self.examples[i] for i in indices]
-        rows = [Row(image(ex.image), ex.dim, prompt=ex.prompt, ref=image(ex.ref) if ex.ref else None,
+        tok = self.processor.tokenizer
+        rows = [Row(image(ex.image), ex.dim, prompt=clean_prompt(ex.prompt, tok, []),
+                    ref=image(ex.ref) if ex.ref else None,
                     face=self.faces[self._keys[ex.image]], ref_face=self.faces[self._keys[ex.ref]] if ex.ref else None,
                     lq=image(ex.lq) if ex.lq else None)
                 for ex in exs]
-        share = self.model.can_share_vision
-        prepared = [self.model.prepare_image(im) for im in TrainBatch.images(rows)] if share else []
+        prepared = [prepare_image(self.processor, im) for im in TrainBatch.images(rows)] if self.share_vision else []
         return {
             "batch": TrainBatch(rows, prepared),
             "mos": torch.tensor([ex.mos for ex in exs], dtype=torch.float32),

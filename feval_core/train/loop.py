@@ -1,7 +1,8 @@
 """Training F-Eval on opinion scores: the accelerate loop, validation, resumable state, the final checkpoint.
 
-The backbone and the face encoder stay frozen; the facial projector, the LoRA experts (one per dimension),
-the router and the score head are trained (losses and schedules: :mod:`~feval_core.train.steps`). The loop
+The backbone and the face encoder stay frozen; the vision projector, the facial projector, the LoRA experts
+(one per dimension in the LLM, and ``vision_experts`` in the vision tower), the router and the score head are
+trained (losses and schedules: :mod:`~feval_core.train.steps`). The loop
 runs unchanged on one CPU/GPU or under ``accelerate launch`` (data parallel). Resumable state lives in
 ``<out>/state/`` and holds safetensors and JSON only (feval never unpickles).
 """
@@ -155,7 +156,7 @@ class Trainer:
         """Data, model, optimizer and loaders, wrapped by accelerate; the step plan of the run."""
         cfg, acc = self.cfg, self.accelerator
         train_ex, self.val_ex, self.dims, cache = prepare_data(cfg, self.out, acc)
-        self.train_ex = train_ex
+        self.train_ex, self.cache = train_ex, cache
         self.model, self.named, optimizer = build_model(cfg, self.dims, acc.device)
         sampler = EpochSampler(len(train_ex), cfg.seed)  # epochs are set through the (prepared) loader
         train_dl = torch.utils.data.DataLoader(RowDataset(train_ex), batch_size=cfg.batch_size, sampler=sampler,
@@ -269,7 +270,9 @@ class Trainer:
         from .probe import PROBE_NAME, linear_probe
 
         if self.main and self.val_ex:
-            self.probe = linear_probe(self.model, self.train_ex, self.val_ex, self.dims, seed=self.cfg.seed)
+            with self.accelerator.autocast():  # a bf16 backbone feeds the fp32 trainable projector
+                self.probe = linear_probe(self.model, self.train_ex, self.val_ex, self.dims, seed=self.cfg.seed,
+                                          faces=self.cache.get)
             (self.out / PROBE_NAME).write_text(json.dumps(self.probe, indent=2) + "\n", encoding="utf-8")
             logger.info("linear probes of the frozen model (held-out SRCC): %s", ", ".join(
                 f"{d} vision {v['vision']:.3f} answer {v['answer']:.3f}" for d, v in self.probe.items()))

@@ -16,7 +16,7 @@ the LLM does not pass what it sees to the scored position. ``feval train --probe
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,29 +61,35 @@ def ridge_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
 
 
 @torch.no_grad()
-def frozen_features(model: Any, examples: Sequence[Example], *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """``(vision, answer)`` features of each example (see the module docstring), with the model as it is now."""
+def frozen_features(model: Any, examples: Sequence[Example], *, batch_size: int = 32,
+                    faces: Callable[[str], Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(vision, answer)`` features of each example (see the module docstring), with the model as it is now;
+    ``faces(path)`` gives a face embedding (the training rows' own, from the face cache)."""
     from ..inputs.images import load_image, pad_to_aspect
     from ..model.rows import Row
 
+    face = faces or (lambda path: None)
     vision, answer = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        images = {p: pad_to_aspect(load_image(p)) for p in dict.fromkeys(e.image for e in chunk)}
-        refs = {p: pad_to_aspect(load_image(p)) for p in dict.fromkeys(e.ref for e in chunk if e.ref)}
-        prepared = {id(im): model.prepare_image(im) for im in [*images.values(), *refs.values()]}
+        paths = dict.fromkeys(p for e in chunk for p in (e.image, e.ref, e.lq) if p)
+        images = {p: pad_to_aspect(load_image(p)) for p in paths}
+        prepared = {id(im): model.prepare_image(im) for im in images.values()}
         feats, _ = model._image_features([prepared[id(images[e.image])] for e in chunk])
         vision += [f.float().mean(0).cpu().numpy() for f in feats]
-        rows = [Row(images[e.image], e.dim, prompt=e.prompt, ref=refs.get(e.ref)) for e in chunk]
+        rows = [Row(images[e.image], e.dim, prompt=e.prompt, ref=images.get(e.ref), face=face(e.image),
+                    ref_face=face(e.ref) if e.ref else None, lq=images.get(e.lq)) for e in chunk]
         answer.append(model.score_rows(rows, prepared, bucket=False).hidden.float().cpu().numpy())
     return np.stack(vision), np.concatenate(answer)
 
 
 def linear_probe(model: Any, train: Sequence[Example], val: Sequence[Example], dims: Sequence[str], *,
-                 max_examples: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
+                 max_examples: int = 2000, seed: int = 0,
+                 faces: Callable[[str], Any] | None = None) -> dict[str, dict[str, float]]:
     """Held-out SRCC of ridge probes on the frozen model's features, per dimension (see the module docstring).
 
-    At most ``max_examples`` training examples per dimension are read (a seeded sample)."""
+    At most ``max_examples`` training examples per dimension are read (a seeded sample); it runs on the main
+    process only, while the others wait (minutes on a 7B backbone: within the default process-group timeout)."""
     rng = np.random.default_rng(seed)
     result: dict[str, dict[str, float]] = {}
     for d in dims:
@@ -94,8 +100,8 @@ def linear_probe(model: Any, train: Sequence[Example], val: Sequence[Example], d
             continue
         if len(tr) > max_examples:
             tr = [tr[i] for i in sorted(rng.choice(len(tr), max_examples, replace=False))]
-        v_tr, a_tr = frozen_features(model, tr)
-        v_va, a_va = frozen_features(model, va)
+        v_tr, a_tr = frozen_features(model, tr, faces=faces)
+        v_va, a_va = frozen_features(model, va, faces=faces)
         y_tr, y_va = np.array([e.mos for e in tr]), np.array([e.mos for e in va])
         result[d] = {"vision": ridge_probe(v_tr, y_tr, v_va, y_va), "answer": ridge_probe(a_tr, y_tr, a_va, y_va),
                      "n_train": len(tr), "n_val": len(va)}

@@ -150,7 +150,8 @@ def load_state(folder: Path, model: Any, optimizer: Any, accelerator: Any) -> Tr
     saved = load_file(str(folder / TRAINABLE_FILE))
     named = dict(model.trainable_parameters())
     if set(saved) != set(named):
-        raise ConfigError(f"saved state in {folder} does not match this model (different experts or ranks)")
+        raise ConfigError(f"saved state in {folder} does not match this model (different experts or ranks); resume "
+                          "with the settings that started the run (see its train_config.json), or start a new run")
     with torch.no_grad():
         for n, p in named.items():
             p.copy_(saved[n].to(p.device, p.dtype))
