@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val", type=int, default=200, help="held-out images")
     ap.add_argument("--speed-images", type=int, default=64, help="held-out images scored for the speed comparison")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--schedule", help="training schedule (default: the default)")
     ap.add_argument("--speed-only", action="store_true", help="skip training: time the mid-size backbone only")
     ap.add_argument("--work", help="folder for data and runs (default: a temporary folder)")
     ap.add_argument("--json", help="also write the rows as JSON Lines here")
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for option in args.options.split(","):
                 out = work / f"run_{option}_{seed}"
-                res = train(lowlevel_train_config(task, out, vision_experts=option, seed=seed, probe=not rows))
+                extra = {"schedule": args.schedule} if args.schedule else {}
+                res = train(lowlevel_train_config(task, out, vision_experts=option, seed=seed, probe=not rows, **extra))
                 if res.probe:
                     rows.append({"option": "linear probe (frozen)", "seed": "", **{
                         d: round(res.probe[d]["vision"], 4) for d in DIMS}})

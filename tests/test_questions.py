@@ -70,15 +70,18 @@ def test_an_explicit_dimension_bypasses_the_router(trained, images) -> None:
     assert all(a[0]["dimension"] == "quality" for a in both.answers)
 
 
-def test_special_tokens_in_a_question_are_plain_text(trained, images) -> None:
+def test_special_tokens_in_a_question_are_plain_text(trained, images, learn_task) -> None:
+    """Special-token text in a question is escaped: it scores like the same text escaped by hand (with a prompt
+    and a reference, so whichever expert the router picks can answer)."""
     tok = trained.model.processor.tokenizer
     specials = [*tok.all_special_tokens, "<|feval_face|>", "<|image_pad|>", "<|im_start|>"]
     nasty = "How natural " + " ".join(specials) + " is this face?"
     escaped = nasty
     for s in sorted(set(specials), key=len, reverse=True):  # by hand: a word joiner after the first character
         escaped = escaped.replace(s, s[0] + "\u2060" + s[1:])
-    raw = trained.score(images[:2], questions=[nasty])
-    by_hand = trained.score(images[:2], questions=[escaped])
+    given = dict(prompts="a portrait of Ada next to a red disc", refs=str(learn_task.data / "refs" / "id0.png"))
+    raw = trained.score(images[:2], questions=[nasty], **given)
+    by_hand = trained.score(images[:2], questions=[escaped], **given)
     assert raw.answers[0][0]["question"] == " ".join(nasty.split())  # shown as asked
     for a, b in zip(raw.answers, by_hand.answers):
         assert a[0]["score"] is not None and math.isfinite(a[0]["score"])
@@ -105,7 +108,7 @@ def test_question_on_the_command_line(learned_run, images, tmp_path, capsys) -> 
     assert all(isinstance(a["score"], float) and isinstance(a["probability"], float) for r in rows for a in r["answers"])
 
 
-def test_question_on_the_score_node(tmp_path_factory, learned_run, images) -> None:
+def test_question_on_the_score_node(tmp_path_factory, learned_run, learn_task, images) -> None:
     import shutil
 
     from PIL import Image
@@ -115,6 +118,7 @@ def test_question_on_the_score_node(tmp_path_factory, learned_run, images) -> No
     base = tmp_path_factory.mktemp("ComfyUI")
     install(base)
     shutil.copytree(learned_run.out, base / "models" / "feval" / "learned", ignore=shutil.ignore_patterns("state"))
+    shutil.copytree(learn_task.face_root / "models", base / "models" / "insightface" / "models")  # the run's pack
     nodes = node_classes(load_pack())
     handle = nodes["FEvalModelLoader"].execute("models folder", "learned", "", "auto", "cpu", "auto")[0]
     batch = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images[:2]])).float() / 255

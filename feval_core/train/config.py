@@ -20,7 +20,7 @@ from ..model.config import (
 )
 
 SCHEDULES: tuple[str, ...] = ("two_stage", "joint", "levels", "regression")
-DEFAULT_SCHEDULE = "joint"  # best and steadiest held-out SRCC on the low-level task (benchmarks/schedules.py)
+DEFAULT_SCHEDULE = "levels"  # best and steadiest held-out SRCC on both tasks (README: which schedule)
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 LOSSES: tuple[str, ...] = ("smooth_l1", "l1", "mse")
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")

@@ -2,11 +2,11 @@
 
 Schedules (:data:`~feval_core.train.config.SCHEDULES`):
 
-* ``levels``: cross-entropy of the rating word (MOS binned into five equal bands over 0..100, best
+* ``levels`` (default): cross-entropy of the rating word (MOS binned into five equal bands over 0..100, best
   first) on the rating-word logits (Q-Align recipe);
 * ``regression``: smooth-L1 (or L1/MSE) of the regression head against the MOS;
 * ``two_stage``: ``levels`` for the first ``stage1_fraction`` of the steps, then ``regression`` (FVQ-Rater);
-* ``joint`` (default): both losses at every step.
+* ``joint``: both losses at every step.
 
 Every schedule also trains the router (cross-entropy of question -> dimension, on the rows' evaluation prompts
 and the training paraphrases of :mod:`feval_core.questions`).
