@@ -79,7 +79,7 @@ def test_special_tokens_in_a_question_are_plain_text(trained, images, learn_task
     escaped = nasty
     for s in sorted(set(specials), key=len, reverse=True):  # by hand: a word joiner after the first character
         escaped = escaped.replace(s, s[0] + "\u2060" + s[1:])
-    given = dict(prompts="a portrait of Ada next to a red disc", refs=str(learn_task.data / "refs" / "id0.png"))
+    given = {"prompts": "a portrait of Ada next to a red disc", "refs": str(learn_task.data / "refs" / "id0.png")}
     raw = trained.score(images[:2], questions=[nasty], **given)
     by_hand = trained.score(images[:2], questions=[escaped], **given)
     assert raw.answers[0][0]["question"] == " ".join(nasty.split())  # shown as asked
