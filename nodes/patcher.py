@@ -19,6 +19,8 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import torch
 
+from feval_core.model.backbone import default_dtype
+
 logger = logging.getLogger(__name__)
 
 DEVICE_AUTO = "auto"
@@ -101,11 +103,12 @@ def placement(device: str) -> tuple[torch.device, torch.device]:
 
 
 def pick_dtype(dtype: str, load_device: torch.device) -> torch.dtype:
-    """The weight dtype: ``auto`` is bf16 where the GPU supports it, else fp16, and fp32 on the CPU."""
+    """The weight dtype: ``auto`` is the engine's rule (:func:`feval_core.model.backbone.default_dtype`: bf16 where
+    ComfyUI says the GPU supports it, else fp32; never fp16, which Qwen-VL activations overflow)."""
     if dtype in DTYPES:
         return DTYPES[dtype]
     if dtype != DEVICE_AUTO:
         raise ValueError(f"dtype must be one of {[DEVICE_AUTO, *DTYPES]}, got {dtype!r}")
     if load_device.type == "cpu":
-        return torch.float32
-    return torch.bfloat16 if mm.should_use_bf16(load_device) else torch.float16
+        return default_dtype(load_device)
+    return default_dtype(load_device, bf16=bool(mm.should_use_bf16(load_device)))

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 FEVAL_FOLDER = "feval"
 FACE_FOLDER = "insightface"
 HUB_CACHE = "hub-cache"
-NO_CHECKPOINT = "(no checkpoints in models/feval)"
+NO_CHECKPOINT = "(none)"
+"""The checkpoint choice for graphs that load from the hub: always offered, so such a graph is valid on every disk."""
+OLD_NO_CHECKPOINT = "(no checkpoints in models/feval)"  # what graphs saved by earlier versions store
 AUTO_PACK = "auto"
 DEFAULT_ZERO_SHOT_PACK = "buffalo_l"
 _VLM_CONFIG = "config.json"
@@ -63,14 +65,14 @@ def _is_cache_path(rel: str) -> bool:
 
 
 def list_checkpoints() -> list[str]:
-    """Checkpoint folders (relative names) found in the feval model folders; a placeholder when none."""
+    """Checkpoint folders (relative names) found in the feval model folders (empty when none)."""
     register_folders()
     files = [f for f in folder_paths.get_filename_list(FEVAL_FOLDER) if not _is_cache_path(f)]
     ckpts = sorted({os.path.dirname(f) for f in files if os.path.basename(f) == CONFIG_NAME} - {""})
     inside = tuple(c + os.sep for c in ckpts)
     vlms = sorted({os.path.dirname(f) for f in files if os.path.basename(f) == _VLM_CONFIG} - {""} - set(ckpts))
     vlms = [v for v in vlms if not (v + os.sep).startswith(inside)]
-    return ckpts + vlms or [NO_CHECKPOINT]
+    return ckpts + vlms
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -86,7 +88,7 @@ def resolve_checkpoint(name: str) -> Path:
     """
     roots = feval_roots()
     where = ", ".join(str(r) for r in roots)
-    if not name or name == NO_CHECKPOINT:
+    if not name or name in (NO_CHECKPOINT, OLD_NO_CHECKPOINT):
         raise FileNotFoundError(f"no feval checkpoint selected: put a checkpoint folder (with {CONFIG_NAME}) "
                                 f"or a base VLM folder into {where} and refresh, or use source 'hub id'")
     posix = PurePosixPath(name.replace("\\", "/"))
@@ -127,10 +129,26 @@ def list_face_packs() -> list[str]:
     return sorted(packs)
 
 
+def check_pack_name(pack: str) -> str:
+    """``pack`` if it is a plain folder name (never a path out of the insightface folder); else ValueError."""
+    if not isinstance(pack, str) or not _PACK_NAME.match(pack):
+        raise ValueError(f"face pack {pack!r} must be a folder name like 'buffalo_l' in models/insightface/models, "
+                         "not a path")
+    return pack
+
+
+def require_face_pack(pack: str) -> Path:
+    """The insightface root that holds ``pack``; ValueError for a bad name, FileNotFoundError (with where to get
+    it) when it is not installed. The name is checked before any message is built from it."""
+    root = face_pack_root(pack)
+    if root is None:
+        raise FileNotFoundError(missing_pack_message(pack))
+    return root
+
+
 def face_pack_root(pack: str) -> Path | None:
     """The insightface root that holds ``models/<pack>``, or None."""
-    if not _PACK_NAME.match(pack or ""):
-        raise ValueError(f"face pack {pack!r} must be a folder name like 'buffalo_l'")
+    check_pack_name(pack)
     for root in face_roots():
         pack_dir = root / "models" / pack
         if pack_dir.is_dir() and any(pack_dir.glob("*.onnx")):
@@ -141,6 +159,8 @@ def face_pack_root(pack: str) -> Path | None:
 
 
 def missing_pack_message(pack: str) -> str:
+    """How to install ``pack`` (a name already checked by :func:`check_pack_name`)."""
+    check_pack_name(pack)
     where = " or ".join(str(r / "models" / pack) for r in face_roots())
     return (f"insightface pack {pack!r} not found: download {pack}.zip from the insightface model zoo "
             f"(github.com/deepinsight/insightface, releases) and unzip it so that {where} holds its .onnx files")

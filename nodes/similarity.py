@@ -13,7 +13,13 @@ from comfy_api.latest import io, ui
 
 from feval_core import DIMENSIONS
 from feval_core.faces.encoder import FaceEncoder
-from feval_core.faces.identity import cosine, identity_blocker, zero_shot_identity
+from feval_core.faces.identity import (
+    NO_FACE_IN_IMAGE,
+    cosine,
+    face_notes,
+    identity_blocker,
+    zero_shot_identity,
+)
 
 from . import paths
 from .images import to_uint8
@@ -34,9 +40,7 @@ def _face_encoder(pack: str, root: str, device: str) -> FaceEncoder:
 
 def load_face_encoder(pack: str, device: str) -> FaceEncoder:
     """The insightface pack ``pack`` from models/insightface (the last two stay loaded)."""
-    root = paths.face_pack_root(pack)
-    if root is None:
-        raise FileNotFoundError(paths.missing_pack_message(pack))
+    root = paths.require_face_pack(pack)
     return _face_encoder(pack, str(root), str(placement(device)[0]))
 
 
@@ -73,6 +77,18 @@ class FaceSimilarity(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, face_pack: str) -> bool | str:
+        """ComfyUI's check before a run: the pack's name only. Whether it is installed is checked at run time, since
+        a connected 'model' brings its own pack and leaves ``face_pack`` unused."""
+        if face_pack is None:
+            return True  # linked: checked at run time
+        try:
+            paths.check_pack_name(face_pack)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
     def execute(cls, images: torch.Tensor, reference: torch.Tensor, face_pack: str = paths.DEFAULT_ZERO_SHOT_PACK,
                 device: str = DEVICE_AUTO, model: FEvalHandle | None = None) -> io.NodeOutput:
         batch = to_uint8(images)
@@ -101,7 +117,7 @@ class FaceSimilarity(io.ComfyNode):
             blocked = identity_blocker(True, info, ref_info)  # the engine's identity rule, as the scorer applies it
             cosines.append(math.nan if blocked else cosine(info.embedding, ref_info.embedding))
             identity.append(math.nan if blocked else zero_shot_identity(info, ref_info))
-            notes.append(([] if info.has_face else ["no face detected in the image"]) + ([blocked] if blocked else []))
+            notes.append(face_notes(([] if info.has_face else [NO_FACE_IN_IMAGE]) + ([blocked] if blocked else [])))
             faces.append(int(info.num_faces))
             bar.update(1)
         values = torch.full((n, len(DIMENSIONS)), math.nan, dtype=torch.float32)

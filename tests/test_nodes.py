@@ -42,10 +42,9 @@ def comfy(tmp_path_factory: pytest.TempPathFactory, tiny_ckpt: Path) -> SimpleNa
     nodes = node_classes(pack)
     import comfy.model_management as mm
     import comfy.utils
-    from comfy_execution.graph_utils import ExecutionBlocker
 
     return SimpleNamespace(base=base, models=models, folder_paths=folder_paths, pack=pack, nodes=nodes, mm=mm,
-                           utils=comfy.utils, Blocker=ExecutionBlocker, outside=tiny_ckpt)
+                           utils=comfy.utils, outside=tiny_ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +119,9 @@ def test_checkpoint_choices(comfy: SimpleNamespace) -> None:
     cache = comfy.models / "feval" / "hub-cache" / "models--org--x" / "snapshots" / "abc"
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "feval_config.json").write_text("{}")
-    options = comfy.nodes["FEvalModelLoader"].GET_SCHEMA().inputs[1].options
-    assert options == ["tiny", "vlm"]  # not the backbone inside 'tiny', not the hub cache
+    checkpoint = comfy.nodes["FEvalModelLoader"].GET_SCHEMA().inputs[1]
+    assert checkpoint.options == ["tiny", "vlm", "(none)"]  # not the backbone inside 'tiny', not the hub cache
+    assert checkpoint.default == "tiny"
     face = comfy.nodes["FEvalModelLoader"].GET_SCHEMA().inputs[3].options
     assert face == ["auto", "other_pack", "tiny_face"]
 
@@ -165,6 +165,21 @@ def test_missing_checkpoint_says_where_to_put_one(comfy: SimpleNamespace) -> Non
     for name in ("nope", "(no checkpoints in models/feval)"):
         with pytest.raises(FileNotFoundError, match=str(comfy.models / "feval")):
             loader.execute("models folder", name, "", "auto", "cpu", "auto")
+
+
+def test_loader_checks_the_checkpoint_only_where_it_is_used(comfy: SimpleNamespace) -> None:
+    """ComfyUI's check before a run (validate_inputs): hub graphs pass whatever the checkpoint widget holds."""
+    check = comfy.nodes["FEvalModelLoader"].validate_inputs
+    for stale in ("(none)", "(no checkpoints in models/feval)", "someone-elses-checkpoint"):
+        assert check("hub id", stale, "org/feval-model", "auto") is True
+        assert check("zero-shot (base VLM)", stale, "Qwen/Qwen2.5-VL-7B-Instruct", "auto") is True
+        assert str(comfy.models / "feval") in check("models folder", stale, "", "auto")  # where to put one
+    assert check("models folder", "tiny", "", "auto") is True and check("zero-shot (base VLM)", "vlm", "", "auto")
+    assert "is a feval checkpoint, not a base VLM" in check("zero-shot (base VLM)", "tiny", "", "auto")
+    assert "Hugging Face id" in check("hub id", "tiny", "../x", "auto")
+    assert "source must be one of" in check("somewhere", "tiny", "", "auto")
+    assert check("hub id", "tiny", None, "auto") is True  # a linked hub id: known only at run time
+    assert check("models folder", None, "", "auto") is True
 
 
 def test_a_second_models_root_from_extra_model_paths(comfy: SimpleNamespace, tmp_path: Path) -> None:
@@ -211,8 +226,13 @@ def test_face_pack_choice_is_checked(comfy: SimpleNamespace) -> None:
     loader = comfy.nodes["FEvalModelLoader"]
     with pytest.raises(ValueError, match="trained on face embeddings from the 'tiny_face' pack"):
         loader.execute("models folder", "tiny", "", "other_pack", "cpu", "auto")
-    with pytest.raises(ValueError, match="not in models/insightface"):
-        loader.execute("models folder", "tiny", "", "../tiny_face", "cpu", "auto")
+    for bad in ("../tiny_face", "/abs/pack", "a b"):  # the name is refused before any hint is built from it
+        with pytest.raises(ValueError, match="must be a folder name") as err:
+            loader.execute("models folder", "tiny", "", bad, "cpu", "auto")
+        assert "download" not in str(err.value)
+        assert loader.validate_inputs("models folder", "tiny", "", bad) == str(err.value)
+    with pytest.raises(FileNotFoundError, match="download antelopev2.zip .* so that .*insightface.models.antelopev2"):
+        loader.execute("zero-shot (base VLM)", "vlm", "", "antelopev2", "cpu", "auto")
     with pytest.raises(ValueError, match="not available here"):
         loader.execute("models folder", "tiny", "", "auto", "cuda:7", "auto")
 
@@ -236,7 +256,7 @@ def test_score_node_matches_the_engine(comfy: SimpleNamespace, handle, images: t
     doc = json.loads(summary)
     assert doc["range"] == [0.0, 100.0] and doc["higher_is_better"] is True
     assert doc["images"][2]["identity"] is None and doc["images"][2]["faces"] == 0
-    assert any("no face detected in the image" in n for n in doc["images"][2]["notes"])
+    assert doc["images"][2]["notes"] == ["no face detected in the image; identity not scored"]  # said once
     assert preview.shape == images.shape and preview.dtype == torch.float32
     assert 0.0 <= float(preview.min()) and float(preview.max()) <= 1.0
     assert not torch.equal(preview, images)  # the scores are drawn on
@@ -279,12 +299,16 @@ def test_device_and_dtype_choices(comfy: SimpleNamespace, monkeypatch) -> None:
     assert patcher.placement("cpu") == (torch.device("cpu"), torch.device("cpu"))
     assert patcher.placement("auto") == (comfy.mm.get_torch_device(), comfy.mm.unet_offload_device())
     assert patcher.pick_dtype("auto", torch.device("cpu")) is torch.float32
-    assert patcher.pick_dtype("auto", torch.device("cuda:0")) is torch.float16  # no bf16 support reported
+    assert patcher.pick_dtype("auto", torch.device("cuda:0")) is torch.float32  # no bf16: fp32, never fp16
     monkeypatch.setattr(comfy.mm, "should_use_bf16", lambda *a, **k: True)
     assert patcher.pick_dtype("auto", torch.device("cuda:0")) is torch.bfloat16
     assert patcher.pick_dtype("float16", torch.device("cpu")) is torch.float16
     with pytest.raises(ValueError, match="dtype must be one of"):
         patcher.pick_dtype("int8", torch.device("cpu"))
+    from feval_core.model.backbone import default_dtype  # the engine's rule, which the node follows
+
+    assert default_dtype("cpu") is torch.float32 and default_dtype("cuda:0", bf16=False) is torch.float32
+    assert default_dtype("cuda:0", bf16=True) is torch.bfloat16
 
 
 def test_score_node_input_errors(comfy: SimpleNamespace, handle, images) -> None:
@@ -387,22 +411,31 @@ def test_filter_top_k_ties_go_to_the_earlier_image(comfy: SimpleNamespace) -> No
     assert out.args[2] == "1,2,4,3,0"  # best first, ties in batch order
 
 
-def test_empty_filter_blocks_downstream_instead_of_crashing(comfy: SimpleNamespace) -> None:
-    from comfy_api.latest import ui
+def is_blocker(value) -> bool:
+    """The value ComfyUI's executor recognises: an instance of ``comfy_execution.graph_utils.ExecutionBlocker``
+    (the class there, whatever provides that module), not an empty batch and not a pack class of its own."""
+    cls = type(value)
+    return (cls.__module__, cls.__name__) == ("comfy_execution.graph_utils", "ExecutionBlocker")
 
+
+def test_empty_filter_blocks_downstream_instead_of_crashing(comfy: SimpleNamespace) -> None:
+    """The pack's outputs when nothing passes: blockers (silent) in place of the empty image and score batches,
+    the other outputs still usable. That ComfyUI then skips the consumers is checked against a real ComfyUI
+    in tests/test_comfyui_real.py."""
     scores = make_scores(comfy, [[10] * 4, [20] * 4])
     imgs = torch.rand(2, 8, 8, 3)
     out = comfy.nodes["FEvalFilterByScore"].execute(imgs, scores, min_quality=99)
     kept, kept_scores, indices, count, rejected, report = out.args
     for blocked in (kept, kept_scores):
-        assert isinstance(blocked, comfy.Blocker) and blocked.message is None  # skipped silently
+        assert is_blocker(blocked) and blocked.message is None  # skipped silently, not an error
+        assert not isinstance(blocked, (torch.Tensor, comfy.pack.nodes.scores.FEvalScores))
     assert indices == "" and count == 0 and torch.equal(rejected, imgs)
     assert report.startswith("Filter by F-Eval score: no image passed (0 of 2 kept)")
+    assert "#0 dropped: quality 10.0 < 99.0" in report and "#1 dropped: quality 20.0 < 99.0" in report
     assert out.ui.as_dict()["text"] == (report,)
-    with pytest.raises(IndexError):  # what PreviewImage/SaveImage would do with an empty batch
-        ui.PreviewImage(imgs[:0])
     everything = comfy.nodes["FEvalFilterByScore"].execute(imgs, scores)
-    assert isinstance(everything.args[4], comfy.Blocker) and everything.args[3] == 2  # nothing rejected
+    assert torch.equal(everything.args[0], imgs) and everything.args[3] == 2
+    assert is_blocker(everything.args[4])  # nothing rejected: the 'rejected' consumers are skipped instead
 
 
 def test_filter_needs_the_scores_of_these_images(comfy: SimpleNamespace) -> None:
@@ -426,7 +459,7 @@ def test_pick_best_of_groups(comfy: SimpleNamespace) -> None:
     assert node.execute(imgs, scores, group_size=0, keep=2).args[2] == "1,2"
     only_nan = make_scores(comfy, [[nan] * 4, [nan] * 4])
     out = node.execute(imgs[:2], only_nan)
-    assert isinstance(out.args[0], comfy.Blocker) and out.args[2] == ""
+    assert is_blocker(out.args[0]) and out.args[2] == ""
     with pytest.raises(ValueError, match="weights"):
         node.execute(imgs, scores, weight_quality=-1.0)
 
@@ -441,7 +474,7 @@ def test_face_similarity_without_the_lmm(comfy: SimpleNamespace, faces) -> None:
     assert cos[0] > 0.99 and cos[1] > 0.99 and cos[2] < 0.9 and math.isnan(cos[3])
     assert ident == pytest.approx([100 * min(max(c, 0.0), 1.0) for c in cos], nan_ok=True)
     assert scores.dims == ("identity",) and scores.faces == [1, 1, 1, 0]
-    assert "no face detected in the image" in scores.notes[3] and "n/a" in report
+    assert scores.notes[3] == ["no face detected in the image; identity not scored"] and "n/a" in report
     kept = comfy.nodes["FEvalFilterByScore"].execute(imgs, scores, min_identity=95).args
     assert kept[2] == "0,1"
     per_image = node.execute(imgs[:2], as_batch(faces["none"], faces["a"]), "tiny_face", "cpu").args

@@ -489,7 +489,20 @@ def test_image_without_a_face_has_no_identity(request, scorer_kind):
     scorer = request.getfixturevalue("tiny_scorer" if scorer_kind == "trained" else "zero_shot")
     rec = scorer.score([no_face], refs=_face(), dims=["quality", "identity"]).to_records()[0]
     assert rec["identity"] is None and isinstance(rec["quality"], float)
-    assert "no face detected in the image; identity not scored" in rec["warnings"]
+    assert rec["warnings"] == ["no face detected in the image; identity not scored"]  # said once, not twice
+    alone = scorer.score([no_face], dims=["quality"]).to_records()[0]
+    assert alone["warnings"] == ["no face detected in the image"]  # without identity, the bare note stays
+
+
+def test_face_notes_say_each_thing_once():
+    from feval_core.faces.identity import face_notes
+
+    bare = "no face detected in the image"
+    both = "no face detected in the image and the reference image; identity not scored"
+    assert face_notes([bare, "prompt truncated", both, "prompt truncated"]) == ["prompt truncated", both]
+    ref_only = "no face detected in the reference image; identity not scored"
+    assert face_notes([bare, ref_only]) == [bare, ref_only]  # different facts: both stay
+    assert face_notes([bare]) == [bare]
 
 
 @pytest.mark.parametrize("scorer_kind", ["trained", "zero_shot"])

@@ -1,4 +1,5 @@
-"""Every example graph in workflows/ loads in ComfyUI: known node types, typed links, valid widget values."""
+"""Every example graph in workflows/ loads in ComfyUI (known node types, typed links, valid widget values) and
+passes ComfyUI's checks before a run (``tests/comfy_stub/validation.py``) whatever the models folders hold."""
 
 from __future__ import annotations
 
@@ -9,15 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.comfy_stub import PACK_ROOT, install, load_pack, node_classes, widget_spec
-from tests.comfy_stub.core_nodes import (
-    CONTROL_AFTER_GENERATE,
-    CORE_NODES,
-    FILE_EXTENSIONS,
-    FRONTEND_ONLY,
-)
+from tests.comfy_stub.core_nodes import CORE_NODES, FILE_EXTENSIONS, FRONTEND_ONLY
+from tests.comfy_stub.validation import WIDGET_TYPES, expected_widgets, ui_to_api, validate_prompt
 
 WORKFLOWS = sorted((PACK_ROOT / "workflows").glob("*.json"))
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +23,6 @@ def specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     ours = {node_id: widget_spec(cls) for node_id, cls in node_classes(load_pack()).items()}
     assert not set(ours) & set(CORE_NODES)
     return {**CORE_NODES, **FRONTEND_ONLY, **ours}
-
-
-def expected_widgets(spec: dict) -> list[tuple[str, dict]]:
-    """(name, spec) per entry of ``widgets_values``: required widgets, then optional ones, plus the extra
-    values the frontend stores after seeds (control_after_generate) and upload combos."""
-    ordered = [i for i in spec["inputs"] if not i["optional"]] + [i for i in spec["inputs"] if i["optional"]]
-    out: list[tuple[str, dict]] = []
-    for inp in ordered:
-        if inp["type"] not in WIDGET_TYPES or inp.get("forceInput"):
-            continue
-        out.append((inp["name"], inp))
-        if inp.get("control_after_generate"):
-            out.append((inp["name"] + ":control_after_generate", {"type": "COMBO", "options": CONTROL_AFTER_GENERATE}))
-        if inp.get("image_upload"):
-            out.append((inp["name"] + ":upload", {"type": "COMBO", "options": ["image"]}))
-    return out
 
 
 def check_value(value, spec: dict) -> str | None:
@@ -136,3 +116,103 @@ def test_workflows_use_every_node_of_the_pack(specs: dict[str, dict]) -> None:
     used = {n["type"] for p in WORKFLOWS for n in json.loads(p.read_text())["nodes"]}
     ours = {k for k in specs if k.startswith("FEval")}
     assert ours <= used, f"not shown in any workflow: {sorted(ours - used)}"
+
+
+# -- ComfyUI's checks before a run, on every disk -----------------------------------------------------------------
+
+DISKS = {
+    "empty": ([], [], []),
+    "one checkpoint": (["tiny"], [], ["buffalo_l"]),
+    "several": (["tiny", "mine/v2"], ["qwen-vl"], ["antelopev2", "buffalo_l"]),
+    "other pack only": (["tiny"], [], ["antelopev2"]),
+}
+
+
+def make_disk(base: Path, checkpoints: list[str], vlms: list[str], packs: list[str]) -> None:
+    """A ComfyUI folder whose model folders hold these (empty) checkpoints, base VLM folders and face packs."""
+    for name in checkpoints:
+        (base / "models" / "feval" / name).mkdir(parents=True)
+        (base / "models" / "feval" / name / "feval_config.json").write_text("{}")
+    for name in vlms:
+        (base / "models" / "feval" / name).mkdir(parents=True)
+        (base / "models" / "feval" / name / "config.json").write_text("{}")
+    for name in packs:
+        (base / "models" / "insightface" / "models" / name).mkdir(parents=True)
+        (base / "models" / "insightface" / "models" / name / "det.onnx").write_bytes(b"")
+
+
+@pytest.fixture(params=list(DISKS))
+def disk(request: pytest.FixtureRequest, tmp_path: Path, specs: dict[str, dict]) -> dict:
+    """One disk state: the pack's classes and specs as ComfyUI builds them there (lists come from the disk)."""
+    make_disk(tmp_path, *DISKS[request.param])
+    install(tmp_path)
+    classes = node_classes(load_pack())
+    return {"name": request.param, "classes": classes,
+            "specs": {**specs, **{k: widget_spec(c) for k, c in classes.items()}}}
+
+
+def user_files(graph_values: set[str]):
+    """Core nodes' model and input files: the user's own (the checkpoint, upscaler, photo a graph names are there)."""
+    return lambda folder: sorted(graph_values)
+
+
+def validate(graph: dict, disk: dict) -> dict[str, list[dict]]:
+    prompt = ui_to_api(graph, disk["specs"], set(FRONTEND_ONLY))
+    named = {v for n in prompt.values() for v in n["inputs"].values() if isinstance(v, str)}
+    return validate_prompt(prompt, disk["classes"], disk["specs"], user_files(named))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_passes_comfyui_validation_on_every_disk(path: Path, disk: dict) -> None:
+    errors = validate(json.loads(path.read_text()), disk)
+    assert not errors, f"{path.name} on disk '{disk['name']}': {errors}"
+
+
+def test_the_validator_refuses_what_comfyui_refuses(disk: dict) -> None:
+    """The checks can fail: without its validate_inputs, ComfyUI's list check refuses the loader of a hub graph
+    saved elsewhere (issue 17's value_not_in_list); with it, the same graph (even as saved by earlier versions of
+    the pack) is valid; bad values of every kind are still caught."""
+    from comfy_api.latest import io
+
+    graph = json.loads(WORKFLOWS[0].read_text())
+    loader = next(n for n in graph["nodes"] if n["type"] == "FEvalModelLoader")
+    old = dict(disk["classes"])
+    old["FEvalModelLoader"] = type("OldLoader", (old["FEvalModelLoader"],),
+                                   {"validate_inputs": io.ComfyNode.validate_inputs})
+    loader["widgets_values"][1] = "(no checkpoints in models/feval)"
+    prompt = ui_to_api(graph, disk["specs"], set(FRONTEND_ONLY))
+    named = {v for n in prompt.values() for v in n["inputs"].values() if isinstance(v, str)}
+    errors = validate_prompt(prompt, old, disk["specs"], user_files(named))
+    refused = [e for es in errors.values() for e in es if e["type"] == "value_not_in_list"
+               and e["details"].startswith("checkpoint:")]
+    assert refused and list(errors) == [str(loader["id"])]
+    assert not validate(graph, disk)  # today's loader: the same graph is valid
+    loader["widgets_values"][5] = "int8"  # dtype: a plain combo, still checked by ComfyUI
+    loader["widgets_values"][0] = "models folder"  # now the checkpoint is used, and it does not exist
+    errors = validate(graph, disk)[str(loader["id"])]
+    assert {e["type"] for e in errors} == {"value_not_in_list", "custom_validation_failed"}
+    assert "put a checkpoint folder" in " ".join(e["details"] for e in errors)
+
+
+SOURCES = {"models folder": "", "hub id": "org/feval-model", "zero-shot (base VLM)": "Qwen/Qwen2.5-VL-7B-Instruct"}
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_a_graph_saved_from_the_loader_stays_valid(source: str, disk: dict, tmp_path_factory) -> None:
+    """A loader saved with its defaults on one disk and run on another: hub graphs are valid everywhere; a graph that
+    uses a local checkpoint is valid where that checkpoint exists and refused with the fix elsewhere."""
+    spec = disk["specs"]["FEvalModelLoader"]
+    values = [inp.get("default", (inp.get("options") or [""])[0]) for _, inp in expected_widgets(spec)]
+    values[0], values[2] = source, SOURCES[source]
+    saved_ckpt = values[1]
+    for other in DISKS:
+        base = tmp_path_factory.mktemp("other")
+        make_disk(base, *DISKS[other])
+        install(base)
+        classes = node_classes(load_pack())
+        here = {"classes": classes, "specs": {**disk["specs"], **{k: widget_spec(c) for k, c in classes.items()}}}
+        prompt = {"1": {"class_type": "FEvalModelLoader", "inputs": dict(zip(
+            [n for n, _ in expected_widgets(spec)], values))}}
+        errors = validate_prompt(prompt, here["classes"], here["specs"])
+        usable = SOURCES[source] or saved_ckpt in DISKS[other][0] + DISKS[other][1]
+        assert not errors if usable else errors, (source, disk["name"], other, errors)

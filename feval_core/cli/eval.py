@@ -21,7 +21,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--dims", help="comma-separated dimensions (default: every dimension with a MOS)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="default: bf16 on GPUs that support it, else fp32")
     p.add_argument("--face-root", help="insightface root folder holding models/<pack>")
     p.add_argument("--no-plots", action="store_true", help="skip the scatter plots")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the backbone's own code (off by default)")

@@ -42,7 +42,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON Lines output; appended as results arrive, re-running resumes")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="default: bf16 on GPUs that support it, else fp32")
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     p.add_argument("--face-root", help="insightface root folder holding models/<pack>")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the backbone's own code (off by default)")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 NO_FACE_MODEL = "identity needs the insightface model pack; none is loaded"
+NO_FACE_IN_IMAGE = "no face detected in the image"
 
 
 def arcface_identity_score(cos: float) -> float:
@@ -40,6 +41,15 @@ def identity_blocker(has_face_model: bool, info: Any, ref_info: Any) -> str | No
     if missing:
         return f"no face detected in the {' and the '.join(missing)}; identity not scored"
     return None
+
+
+def face_notes(notes: list[str]) -> list[str]:
+    """One image's notes, each said once: repeats go, and the bare :data:`NO_FACE_IN_IMAGE` goes when a longer
+    note says it too (identity's reason "no face detected in the image; identity not scored")."""
+    out = list(dict.fromkeys(notes))
+    if NO_FACE_IN_IMAGE in out and any(n != NO_FACE_IN_IMAGE and n.startswith(NO_FACE_IN_IMAGE) for n in out):
+        out.remove(NO_FACE_IN_IMAGE)
+    return out
 
 
 def cosine(a: np.ndarray | None, b: np.ndarray | None) -> float:

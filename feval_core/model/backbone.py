@@ -68,6 +68,22 @@ def _check_no_pickles(folder: Path) -> None:
         )
 
 
+def default_dtype(device: str | torch.device, *, bf16: bool | None = None) -> torch.dtype:
+    """The weight dtype when none is asked for: bfloat16 on a GPU that supports it, else float32; float32 on
+    the CPU. Never float16: Qwen-VL's activations are known to overflow it (inf/NaN scores).
+
+    ``bf16`` overrides the support check (a host such as ComfyUI may know better); by default a CUDA GPU
+    supports it from compute capability 8 (Ampere) on, and ROCm always.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return torch.float32
+    if bf16 is None:
+        bf16 = device.type == "cuda" and torch.cuda.is_available() and (
+            bool(torch.version.hip) or torch.cuda.get_device_properties(device).major >= 8)
+    return torch.bfloat16 if bf16 else torch.float32
+
+
 def load_processor(name_or_path: str | Path, *, trust_remote_code: bool = False, **hub_kwargs: Any) -> Any:
     """Load the processor of a VLM; falls back to an image-only processor when the video part cannot load."""
     from transformers import AutoConfig, AutoProcessor
@@ -90,6 +106,7 @@ def load_processor(name_or_path: str | Path, *, trust_remote_code: bool = False,
         ) from error
     logger.info("using the image-only %s processor (its video processor is unavailable here)", model_type)
     logger.debug("AutoProcessor failed for %s: %s", src, error)
+    error = None  # its traceback holds this frame and its callers' (with the model being built): let it go now
     cls = _image_only_processor_class(model_type)
     processor = cls.from_pretrained(src, trust_remote_code=trust_remote_code, **hub_kwargs)
     return _fix_padding(processor)

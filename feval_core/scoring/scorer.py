@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import shutil
 import threading
@@ -15,6 +16,7 @@ import torch
 
 from ..dimensions import DIM_INDEX, DIMENSIONS, EVAL_PROMPTS, parse_dims
 from ..errors import ConfigError, FaceModelError, ImageInputError
+from ..faces.identity import NO_FACE_IN_IMAGE, face_notes
 from ..inputs.images import (
     ImageItem,
     expand_inputs,
@@ -29,6 +31,7 @@ from ..inputs.prefetch import (
     chunked,
     default_workers,
 )
+from ..model.backbone import default_dtype
 from ..model.checkpoint import TrainedWeights, resolve_checkpoint
 from ..model.config import FEvalConfig
 from ..model.lmm import FEvalModel
@@ -84,7 +87,9 @@ class FEvalScorer:
         self.prefetch = DEFAULT_AHEAD  # chunks prepared ahead of the model
         self.max_batch_tokens: int | None = None  # cap on padded tokens per LLM pass (bounds activation memory)
         self.last_prefetch: PrefetchStats | None = None  # what the latest iteration's prefetcher did
-        self._processors = ObjectPool(lambda: copy.deepcopy(self.model.processor))  # one per worker thread
+        # one processor copy per worker thread; the factory holds the processor, not the scorer, so that a scorer
+        # and its model are freed as soon as the last reference goes (no cycle for the garbage collector to find)
+        self._processors = ObjectPool(functools.partial(copy.deepcopy, model.processor))
 
     # -- loading / saving ---------------------------------------------------------------------
     @classmethod
@@ -106,7 +111,7 @@ class FEvalScorer:
         while the model waits on the CPU until a host such as ComfyUI moves it.
         """
         device = str(device or default_device())
-        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        dtype = dtype or default_dtype(device)
         folder, config = resolve_checkpoint(path_or_id, **hub_kwargs)
         if trust_remote_code:
             config.trust_remote_code = True
@@ -127,7 +132,7 @@ class FEvalScorer:
         from ..model.config import FaceEncoderConfig
 
         device = str(device or default_device())
-        dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+        dtype = dtype or default_dtype(device)
         config = FEvalConfig(base_model=base_model, mode="zero_shot", score_mode="levels",
                              face=FaceEncoderConfig(pack=face_pack))
         model = FEvalModel.build(config, device=device, dtype=dtype, **kwargs)
@@ -244,7 +249,7 @@ class FEvalScorer:
         ok = [i for i in range(n) if ready[i].image is not None]
         for i in ok:
             if infos[i] is not None and not infos[i].has_face:
-                warnings[i].append("no face detected in the image")
+                warnings[i].append(NO_FACE_IN_IMAGE)
         with self._lock, torch.inference_mode():
             questions = plan_questions(plan.dims, prompts, refs, infos, indices=ok,
                                        tokenizer=self.model.processor.tokenizer,
@@ -262,7 +267,7 @@ class FEvalScorer:
                 else:
                     scores[q.index, q.column] = v
         faces = [None if r.info is None or r.image is None else int(r.info.num_faces) for r in ready]
-        warnings = [list(dict.fromkeys(w)) for w in warnings]
+        warnings = [face_notes(w) for w in warnings]
         return ScoreResult(scores, [r.name for r in ready], faces, [r.error for r in ready], warnings, plan.dims,
                            answers if plan.asked else [])
 

@@ -31,6 +31,7 @@ from PIL import Image
 
 from ..dimensions import DIMENSIONS, parse_dims
 from ..faces.align import aligned_face_crops
+from ..faces.identity import NO_FACE_IN_IMAGE, face_notes
 from ..inputs.images import aspect_padding
 from ..model.preprocess import pixel_values_from_tensors
 from ..model.rows import Row
@@ -82,12 +83,14 @@ class TensorScorer:
             infos = list(faces) if faces is not None else self.detect_faces(images)
             for i, info in enumerate(infos):
                 if info is not None and not info.has_face:
-                    warns[i].append("no face detected in the image")
+                    warns[i].append(NO_FACE_IN_IMAGE)
             references = References(sc.face_encoder)
             questions = plan_questions(wanted, prompt_list, ref_list, infos, indices=range(n),
                                        tokenizer=sc.model.processor.tokenizer,
                                        has_face_model=sc.face_encoder is not None,
                                        trained=sc.model.trained, references=references, warnings=warns)
+            for w in warns:
+                w[:] = face_notes(w)
             face_vecs = self._face_vectors(images, infos)
             ref_vecs: dict[int, torch.Tensor | None] = {}
             entries: list[tuple[Question, torch.Tensor]] = []

@@ -8,6 +8,8 @@ a pack's patcher is checked against that protocol. ``EVENTS`` records what happe
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
 import weakref
 
@@ -131,6 +133,22 @@ def cleanup_models() -> None:
     for i in range(len(current_loaded_models) - 1, -1, -1):
         if current_loaded_models[i].real_model is None or current_loaded_models[i].real_model() is None:
             current_loaded_models.pop(i)
+
+
+def cleanup_models_gc() -> None:
+    """As ComfyUI does before each run: a loaded model whose patcher is gone while the model itself lives on is
+    held by a reference cycle; log it, collect, and warn if it still lives (``EVENTS`` records both)."""
+    if any(lm.is_dead() for lm in current_loaded_models):
+        dead = next(lm for lm in current_loaded_models if lm.is_dead())
+        logging.info("Potential memory leak detected with model %s, doing a full garbage collect, for maximum "
+                     "performance avoid circular references in the model code.", type(dead.real_model()).__name__)
+        EVENTS.append(("leak_gc", type(dead.real_model()).__name__))
+        gc.collect()
+        soft_empty_cache()
+        for lm in current_loaded_models:
+            if lm.is_dead():
+                EVENTS.append(("leak", type(lm.real_model()).__name__))
+    cleanup_models()
 
 
 def free_memory(memory_required, device, keep_loaded=()) -> list[LoadedModel]:

@@ -3,7 +3,8 @@
 Signatures follow ComfyUI v0.3.6x: ``Schema`` fields, ``Input``/``WidgetInput``/``Output`` keyword
 arguments, ``Float.Input(min, max, step, round)``, ``Combo.Input(options)``, ``Custom(io_type)``,
 ``NodeOutput(*args, ui=, expand=, block_execution=)``. ``ComfyNode.GET_SCHEMA`` finalizes and validates
-a schema the way ComfyUI does when it registers a node.
+a schema the way ComfyUI does when it registers a node; ``ComfyNode.validate_inputs`` is the base that a node
+overrides to check its own inputs (see ``tests/comfy_stub/validation.py``).
 """
 
 from __future__ import annotations
@@ -306,6 +307,12 @@ class ComfyNode:
 
     @classmethod
     def execute(cls, **kwargs: Any) -> NodeOutput:
+        raise NotImplementedError
+
+    @classmethod
+    def validate_inputs(cls, **kwargs: Any) -> bool | str:
+        """Optional check before a run (V1's VALIDATE_INPUTS): True, or a message. ComfyUI calls it only when a
+        class overrides it, and then skips its own min/max and list checks for the inputs it names."""
         raise NotImplementedError
 
     @classmethod
