@@ -143,6 +143,10 @@ class FIQAConfig:
         if unknown:
             raise ConfigError(f"{path}: unknown keys {unknown}; was it written by a newer feval?")
         try:
-            return cls(**data)
+            config = cls(**data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        if config.face.root and ".." in Path(config.face.root).parts:
+            raise ConfigError(f"{path}: face.root {config.face.root!r} may not climb out of the model folder with "
+                              "'..'; give a folder inside it or an absolute path")
+        return config
