@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -248,6 +247,8 @@ class _Run:
         self.module.train()
         if cfg.freeze_recognizer:
             self.model.vit.eval()  # frozen: fixed BatchNorm statistics, no stochastic depth
+        # flips, masking and stochastic depth draw from a seed of (run, step, process): a resumed run draws the same
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step * 1_009 + acc.process_index)
         pixels = crops_to_tensor(self.crops[index.cpu()], acc.device)
         if cfg.flip:
             flip = torch.rand(pixels.shape[0]) < 0.5
@@ -290,7 +291,3 @@ class _Run:
             logger.info("wrote ViT-FIQA to %s (utility calibrated on %d training faces)", self.out, len(self.crops))
         self.acc.wait_for_everyone()
 
-
-def finite_mean(values: list[float]) -> float:
-    vals = [v for v in values if math.isfinite(v)]
-    return sum(vals) / len(vals) if vals else math.nan
