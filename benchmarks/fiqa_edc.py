@@ -50,7 +50,8 @@ def run(seed: int, root: Path, args: argparse.Namespace) -> dict:
     print(f"\n## seed {seed}: trained {result.steps} steps in {train_s:.0f} s "
           f"(final identity accuracy {result.history[-1]['acc']:.2f})\n")
     print(report.format())
-    print(f"\ndone-when check (ViT-FIQA pAUC@30% <= 0.7 x random and < detector confidence): {'PASS' if ok else 'FAIL'}")
+    verdict = "PASS" if ok else "FAIL"
+    print(f"\ndone-when check (ViT-FIQA pAUC@30% <= 0.7 x random and < detector confidence): {verdict}")
     return {"seed": seed, "steps": result.steps, "train_seconds": train_s, "rows": report.rows,
             "counts": report.counts, "threshold": report.threshold, "pass": ok}
 

@@ -91,7 +91,8 @@ def filter_scores(values: torch.Tensor, thresholds: Sequence[float | None], *, m
     return Selection(passing, reasons, totals)
 
 
-def utility_check(utility: torch.Tensor | None, i: int, min_utility: float | None, missing: str = "reject") -> list[str]:
+def utility_check(utility: torch.Tensor | None, i: int, min_utility: float | None,
+                  missing: str = "reject") -> list[str]:
     """Why image ``i`` fails the ViT-FIQA utility threshold (empty when it passes or there is none)."""
     if min_utility is None:
         return []

@@ -63,7 +63,8 @@ def test_usage_errors_say_what_to_do(args, message, tiny_fiqa, caplog) -> None:
 
 def test_make_tiny_fiqa_writes_a_model_that_scores(tmp_path) -> None:
     assert main(["make-tiny", "--fiqa", str(tmp_path / "m")]) == 0
-    assert {"fiqa_config.json", "model.safetensors", "face_pack", "samples"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    names = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"fiqa_config.json", "model.safetensors", "face_pack", "samples"} <= names
     res = FIQAScorer.from_pretrained(tmp_path / "m", device="cpu").score(str(tmp_path / "m" / "samples"))
     assert torch.isfinite(res.utility).sum() == 3  # face_a, face_b, reference; no_face is NaN
 

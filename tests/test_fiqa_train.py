@@ -58,7 +58,8 @@ def test_an_interrupted_run_resumes_to_the_same_result_and_bad_images_are_left_o
         train_fiqa(_cfg(id_data, pack, tmp_path / "split", resume=True, lr=2e-3))
     resumed = train_fiqa(_cfg(id_data, pack, tmp_path / "split", resume=True))
     assert resumed.finished and resumed.steps == 7
-    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "split" / "model.safetensors"))
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in whole.history[3:]], rel=1e-4)

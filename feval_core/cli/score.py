@@ -32,7 +32,8 @@ logger = logging.getLogger("feval")
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--model", help="feval checkpoint folder or hub id, or a plain VLM (zero-shot); optional with --fiqa")
+    p.add_argument("--model", help="feval checkpoint folder or hub id, or a plain VLM (zero-shot); optional with "
+                   "--fiqa")
     p.add_argument("--fiqa", metavar="MODEL", help="ViT-FIQA folder: adds 'utility' (0-100, how useful the main face "
                    "is to a face recognizer) to each row")
     p.add_argument("--prompt", help="generation prompt (enables correspondence)")

@@ -21,7 +21,8 @@ __all__ = ["EDCCurve", "edc", "pair_quality", "threshold_at_fmr"]
 
 @dataclass
 class EDCCurve:
-    """``error[k]`` is the FNMR once the fraction ``discard[k]`` of the comparisons is discarded, up to the next step."""
+    """``error[k]`` is the FNMR once the fraction ``discard[k]`` of the comparisons is discarded (until the next
+    step)."""
 
     discard: np.ndarray
     error: np.ndarray

@@ -48,7 +48,8 @@ class MarginHead(nn.Module):
             m = self.margin
             theta = torch.acos(target.clamp(-1 + 1e-7, 1 - 1e-7))
             # past theta + m = pi the angle would wrap round: fall back to the CosFace-like penalty there
-            adjusted = torch.where(target > math.cos(math.pi - m), torch.cos(theta + m), target - math.sin(math.pi - m) * m)
+            adjusted = torch.where(target > math.cos(math.pi - m), torch.cos(theta + m),
+                                   target - math.sin(math.pi - m) * m)
         logits = cos.scatter(1, labels[:, None], adjusted[:, None]) * self.scale
         return logits, cos
 

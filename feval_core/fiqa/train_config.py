@@ -1,4 +1,5 @@
-"""``fiqa_train_config.json``: the settings of one ViT-FIQA training run (every field is a ``feval fiqa train`` option)."""
+"""``fiqa_train_config.json``: the settings of one ViT-FIQA training run (each field is a ``feval fiqa train``
+option)."""
 
 from __future__ import annotations
 

@@ -74,7 +74,8 @@ def degrade(image: np.ndarray, box: tuple[int, int, int, int], kind: str, streng
 
 def write_identity_set(root: str | Path, identities: int = 40, per_identity: int = 10, *, first_identity: int = 0,
                        seed: int = 0) -> IdentitySet:
-    """Write ``root/id_<k>/<n>.png`` for identities ``first_identity ..`` (tiny-pack faces) and ``degradations.jsonl``."""
+    """Write ``root/id_<k>/<n>.png`` for identities ``first_identity ..`` (tiny-pack faces) and
+    ``degradations.jsonl``; the first image of each identity is clean."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     records = []
