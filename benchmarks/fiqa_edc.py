@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--train-ids", type=int, default=60)
     p.add_argument("--test-ids", type=int, default=40)
     p.add_argument("--per-id", type=int, default=12)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--scale", type=float, default=32.0)
