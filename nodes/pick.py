@@ -30,6 +30,12 @@ def _weight_inputs() -> list[io.Float.Input]:
             for d in DIMENSIONS]
 
 
+def _utility_input() -> io.Float.Input:
+    return io.Float.Input("min_utility", default=0.0, min=0.0, max=100.0, step=0.5,
+                          tooltip="drop images whose ViT-FIQA utility (how useful the face is to a face recognizer, "
+                                  "0-100) is below this; needs scores from 'Face utility (ViT-FIQA)' (0 = off)")
+
+
 def _check(images: torch.Tensor, scores: FEvalScores) -> None:
     if not isinstance(scores, FEvalScores):
         raise TypeError("scores must come from 'Score faces (F-Eval)' or 'Face similarity (ArcFace)'")
@@ -75,6 +81,7 @@ class FilterByScore(io.ComfyNode):
                   for d in DIMENSIONS],
                 io.Float.Input("min_total", default=0.0, min=0.0, max=100.0, step=0.5,
                                tooltip="drop images whose weighted total is below this (0 = no threshold)"),
+                _utility_input(),
                 *_weight_inputs(),
                 io.Int.Input("top_k", default=0, min=0, max=4096,
                              tooltip="then keep only the k best by weighted total, best first (0 = keep all)"),
@@ -98,15 +105,18 @@ class FilterByScore(io.ComfyNode):
                 min_authenticity: float = 0.0, min_identity: float = 0.0, min_correspondence: float = 0.0,
                 min_total: float = 0.0, weight_quality: float = 1.0, weight_authenticity: float = 1.0,
                 weight_identity: float = 1.0, weight_correspondence: float = 1.0, top_k: int = 0,
-                missing: str = "reject") -> io.NodeOutput:
+                missing: str = "reject", min_utility: float = 0.0) -> io.NodeOutput:
         _check(images, scores)
         limits = [v if v > 0 else None for v in (min_quality, min_authenticity, min_identity, min_correspondence)]
         weights = (weight_quality, weight_authenticity, weight_identity, weight_correspondence)
         sel = filter_scores(scores.values, limits, min_total=min_total if min_total > 0 else None, weights=weights,
-                            top_k=top_k, missing=missing)
+                            top_k=top_k, missing=missing, utility=scores.utility,
+                            min_utility=min_utility if min_utility > 0 else None)
         rules = [f"rule: {d} >= {fmt(v)}" for d, v in zip(DIMENSIONS, limits) if v is not None]
         if min_total > 0:
             rules.append(f"rule: total >= {fmt(min_total)}")
+        if min_utility > 0:
+            rules.append(f"rule: utility >= {fmt(min_utility)}")
         if top_k:
             rules.append(f"rule: best {top_k} by total")
         report = _report("Filter by F-Eval score", sel, len(scores), rules)
@@ -136,6 +146,7 @@ class PickBestOfN(io.ComfyNode):
                              tooltip="N: images per prompt, in batch order (0 = the whole batch is one group)"),
                 io.Int.Input("keep", default=1, min=1, max=64, tooltip="how many best images to keep per group"),
                 *_weight_inputs(),
+                _utility_input(),
             ],
             outputs=[
                 io.Image.Output("best", display_name="images"),
@@ -148,12 +159,15 @@ class PickBestOfN(io.ComfyNode):
     @classmethod
     def execute(cls, images: torch.Tensor, scores: FEvalScores, group_size: int = 0, keep: int = 1,
                 weight_quality: float = 1.0, weight_authenticity: float = 1.0, weight_identity: float = 1.0,
-                weight_correspondence: float = 1.0) -> io.NodeOutput:
+                weight_correspondence: float = 1.0, min_utility: float = 0.0) -> io.NodeOutput:
         _check(images, scores)
         weights = (weight_quality, weight_authenticity, weight_identity, weight_correspondence)
-        sel = best_of_groups(scores.values, weights, group_size=group_size, keep=keep)
+        sel = best_of_groups(scores.values, weights, group_size=group_size, keep=keep, utility=scores.utility,
+                             min_utility=min_utility if min_utility > 0 else None)
         size = group_size or len(scores)
-        report = _report("Pick best of N (F-Eval)", sel, len(scores), [f"rule: best {keep} of every {size}"])
+        rules = [f"rule: best {keep} of every {size}"] + ([f"rule: utility >= {fmt(min_utility)}"] if min_utility > 0
+                                                          else [])
+        report = _report("Pick best of N (F-Eval)", sel, len(scores), rules)
         if not sel.kept:
             logger.warning("%s", report.splitlines()[0])
         best_images, best_scores = _outputs(images, scores, sel.kept)

@@ -32,6 +32,7 @@ class FEvalScores:
     header: list[str] = field(default_factory=list)  # messages about the whole batch
     score_range: tuple[float, float] = SCORE_RANGE
     higher_is_better: bool = True
+    utility: torch.Tensor | None = None  # [B] ViT-FIQA utility 0-100 (NaN: no face); set by "Face utility (ViT-FIQA)"
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or self.values.shape[1] != len(DIMENSIONS):
@@ -39,6 +40,8 @@ class FEvalScores:
         n = self.values.shape[0]
         if len(self.faces) != n or len(self.notes) != n:
             raise ValueError(f"{n} score rows but {len(self.faces)} face counts and {len(self.notes)} note lists")
+        if self.utility is not None and tuple(self.utility.shape) != (n,):
+            raise ValueError(f"{n} score rows but utility of shape {tuple(self.utility.shape)}")
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -51,7 +54,8 @@ class FEvalScores:
         """The rows ``indices``, in that order."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         return FEvalScores(self.values.index_select(0, idx), self.dims, [self.faces[i] for i in indices],
-                           [list(self.notes[i]) for i in indices], self.method, list(self.header))
+                           [list(self.notes[i]) for i in indices], self.method, list(self.header),
+                           utility=None if self.utility is None else self.utility.index_select(0, idx))
 
     def records(self) -> list[dict[str, Any]]:
         """One JSON-ready dict per image (``None`` where not scored)."""
@@ -61,6 +65,9 @@ class FEvalScores:
             for j, d in enumerate(DIMENSIONS):
                 v = float(self.values[i, j])
                 row[d] = None if math.isnan(v) else round(v, 2)
+            if self.utility is not None:
+                u = float(self.utility[i])
+                row["utility"] = None if math.isnan(u) else round(u, 2)
             row["faces"] = self.faces[i]
             row["notes"] = self.notes[i]
             rows.append(row)
@@ -77,6 +84,8 @@ class FEvalScores:
         lines = [f"{self.method}: {RANGE_NOTE}", *self.header]
         for i in range(len(self)):
             cells = [f"{d} {fmt(float(self.values[i, DIMENSIONS.index(d)]))}" for d in self.dims]
+            if self.utility is not None:
+                cells.append(f"utility {fmt(float(self.utility[i]))}")
             faces = self.faces[i]
             if faces is not None:
                 cells.append(f"{faces} face" + ("" if faces == 1 else "s"))

@@ -40,7 +40,8 @@ def rank(indices: Sequence[int], totals: torch.Tensor) -> list[int]:
 
 def filter_scores(values: torch.Tensor, thresholds: Sequence[float | None], *, min_total: float | None = None,
                   weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), top_k: int = 0,
-                  missing: str = "reject") -> Selection:
+                  missing: str = "reject", utility: torch.Tensor | None = None,
+                  min_utility: float | None = None) -> Selection:
     """Keep the images that meet every threshold (``None`` = no threshold), then the ``top_k`` best.
 
     ``missing="reject"`` drops an image whose score is n/a on a dimension that has a threshold;
@@ -74,6 +75,7 @@ def filter_scores(values: torch.Tensor, thresholds: Sequence[float | None], *, m
                     why.append("total n/a")
             elif t < min_total:
                 why.append(f"total {fmt(t)} < {fmt(min_total)}")
+        why += utility_check(utility, i, min_utility, missing)
         if why:
             reasons[i] = ", ".join(why)
         else:
@@ -89,7 +91,22 @@ def filter_scores(values: torch.Tensor, thresholds: Sequence[float | None], *, m
     return Selection(passing, reasons, totals)
 
 
-def best_of_groups(values: torch.Tensor, weights: Sequence[float], *, group_size: int = 0, keep: int = 1) -> Selection:
+def utility_check(utility: torch.Tensor | None, i: int, min_utility: float | None,
+                  missing: str = "reject") -> list[str]:
+    """Why image ``i`` fails the ViT-FIQA utility threshold (empty when it passes or there is none)."""
+    if min_utility is None:
+        return []
+    if utility is None:
+        raise ValueError("a utility threshold needs utility scores: pass the scores through 'Face utility "
+                         "(ViT-FIQA)' first, or set min_utility to 0")
+    u = float(utility[i])
+    if math.isnan(u):
+        return ["utility n/a"] if missing == "reject" else []
+    return [f"utility {fmt(u)} < {fmt(min_utility)}"] if u < min_utility else []
+
+
+def best_of_groups(values: torch.Tensor, weights: Sequence[float], *, group_size: int = 0, keep: int = 1,
+                   utility: torch.Tensor | None = None, min_utility: float | None = None) -> Selection:
     """The ``keep`` best images of each group of ``group_size`` consecutive images (0 = one group).
 
     Groups are ``[0, N), [N, 2N), ...``; a shorter last group is used as is, with a note. Within a group
@@ -100,6 +117,11 @@ def best_of_groups(values: torch.Tensor, weights: Sequence[float], *, group_size
     n = values.shape[0]
     size = group_size or n
     totals = weighted_total(values, weights)
+    low: dict[int, list[str]] = {}
+    if min_utility is not None:  # an image below the utility threshold is never picked
+        totals = totals.clone()
+        low = {i: why for i in range(n) if (why := utility_check(utility, i, min_utility))}
+        totals[list(low)] = math.nan
     kept: list[int] = []
     reasons: dict[int, str] = {}
     notes: list[str] = []
@@ -113,7 +135,7 @@ def best_of_groups(values: torch.Tensor, weights: Sequence[float], *, group_size
         kept.extend(ranked[:keep])
         for i in members:
             if i not in ranked:
-                reasons[i] = "total n/a"
+                reasons[i] = ", ".join(low[i]) if i in low else "total n/a"
             elif i not in ranked[:keep]:
                 reasons[i] = f"total {fmt(float(totals[i]))}, not among the best {keep} of group {g}"
     return Selection(kept, reasons, totals, notes)

@@ -37,6 +37,9 @@ MODEL_ENV = "FEVAL_REWARD_MODEL"
 """Environment variable naming the default scorer's checkpoint (folder or hub id)."""
 DEVICE_ENV = "FEVAL_REWARD_DEVICE"
 """Environment variable naming the default scorer's device (``cuda``, ``cuda:1``, ``cpu``)."""
+FIQA_ENV = "FEVAL_REWARD_FIQA"
+"""Environment variable naming the default ViT-FIQA model folder (for a ``utility`` weight)."""
+UTILITY = "utility"
 
 Weights = Mapping[str, float] | Sequence[float] | None
 
@@ -68,6 +71,39 @@ def get_scorer(scorer: FEvalScorer | str | Path | None = None, *, device: str | 
             logger.info("loading F-Eval reward model %s on %s", source, dev)
             _SCORERS[key] = FEvalScorer.from_pretrained(source, device=dev)
         return _SCORERS[key]
+
+
+_FIQA: dict[tuple[str, str], Any] = {}
+
+
+def get_fiqa_scorer(fiqa: Any = None, *, device: str | None = None) -> Any:
+    """The ViT-FIQA scorer for a ``utility`` weight: ``fiqa`` itself, a model folder loaded once per process, or,
+    with ``None``, the folder named by ``$FEVAL_REWARD_FIQA``."""
+    if fiqa is not None and not isinstance(fiqa, (str, Path)):
+        return fiqa
+    source = fiqa if fiqa is not None else os.environ.get(FIQA_ENV)
+    if not source:
+        raise RuntimeError(f"a 'utility' weight needs a ViT-FIQA model: pass fiqa=FIQAScorer.from_pretrained(...) (or "
+                           f"a model folder), or set {FIQA_ENV}")
+    from feval_core.fiqa.scorer import FIQAScorer
+    from feval_core.scoring.scorer import default_device
+
+    dev = str(device or os.environ.get(DEVICE_ENV) or default_device())
+    with _SCORERS_LOCK:
+        if (str(source), dev) not in _FIQA:
+            _FIQA[(str(source), dev)] = FIQAScorer.from_pretrained(source, device=dev)
+        return _FIQA[(str(source), dev)]
+
+
+def split_utility(weights: Weights) -> tuple[Weights, float]:
+    """``weights`` without a ``"utility"`` key, and that key's weight (0 when absent)."""
+    if not isinstance(weights, Mapping) or UTILITY not in weights:
+        return weights, 0.0
+    rest = {k: v for k, v in weights.items() if k != UTILITY}
+    w = float(weights[UTILITY])
+    if not math.isfinite(w) or w < 0:
+        raise ValueError(f"the utility weight must be finite and >= 0, got {weights[UTILITY]!r}")
+    return rest, w
 
 
 def resolve_weights(weights: Weights = None) -> dict[str, float]:
@@ -122,6 +158,7 @@ def feval_reward(
     *,
     nan_reward: float = 0.0,
     batch_size: int = 8,
+    fiqa: Any = None,
 ) -> torch.Tensor | dict[str, Any]:
     """Weighted F-Eval reward per image, ``float32 [B]`` on 0..100 (higher is better).
 
@@ -129,31 +166,48 @@ def feval_reward(
     ``output_type="pt"``, DDPO, ComfyUI), numpy ``[B,H,W,C]``, a list of PIL images or paths.
     ``prompts``: one per image (or one for all); needed for correspondence. ``refs``: reference faces, one
     per image or one for all; needed for identity. ``weights``: see :func:`resolve_weights`; only dimensions
-    with a positive weight are scored. ``scorer``: see :func:`get_scorer`.
+    with a positive weight are scored. ``scorer``: see :func:`get_scorer`. A ``"utility"`` weight adds ViT-FIQA's
+    utility of the main face (0-100; NaN and left out when no face) from ``fiqa`` (:func:`get_fiqa_scorer`); with
+    only a utility weight no F-Eval model is loaded.
 
     The rewards are on the images' device when ``images`` is a tensor, else on the CPU. With
     ``return_dict``: ``{"reward": [B], "quality": [B], ..., "correspondence": [B] (NaN where not scored),
     "result": ScoreResult}``.
     """
-    w = resolve_weights(weights)
-    sc = get_scorer(scorer)
-    res = sc.score(images, prompts=prompts, refs=refs, dims=weighted_dims(w), batch_size=batch_size)
-    reward = weighted_reward(res.scores, w, nan_reward)
-    _warn_unscored(res, reward, w, nan_reward)
+    weights, w_utility = split_utility(weights)
+    if w_utility > 0 and isinstance(weights, Mapping) and not any(float(v) > 0 for v in weights.values()):
+        w, res = {d: 0.0 for d in DIMENSIONS}, None  # utility only: no F-Eval model needed
+    else:
+        w = resolve_weights(weights)
+        res = get_scorer(scorer).score(images, prompts=prompts, refs=refs, dims=weighted_dims(w),
+                                       batch_size=batch_size)
+    utility = None
+    if w_utility > 0:
+        utility = get_fiqa_scorer(fiqa).score(images, batch_size=batch_size).utility
+    n = len(res) if res is not None else len(utility)
+    scores = res.scores if res is not None else torch.full((n, len(DIMENSIONS)), float("nan"))
+    reward = weighted_mean(scores, w, nan_reward, utility=utility, utility_weight=w_utility)
+    if res is not None:
+        _warn_unscored(res, reward, w, nan_reward, utility if w_utility > 0 else None)
     device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
     reward = reward.to(device)
     if not return_dict:
         return reward
     out: dict[str, Any] = {"reward": reward}
     for j, d in enumerate(DIMENSIONS):
-        out[d] = res.scores[:, j].to(device)
+        out[d] = scores[:, j].to(device)
+    if utility is not None:
+        out[UTILITY] = utility.to(device)
     out["result"] = res
     return out
 
 
-def _warn_unscored(res: ScoreResult, reward: torch.Tensor, weights: Mapping[str, float], nan_reward: float) -> None:
+def _warn_unscored(res: ScoreResult, reward: torch.Tensor, weights: Mapping[str, float], nan_reward: float,
+                   utility: torch.Tensor | None = None) -> None:
     w = torch.tensor([weights[d] > 0 for d in DIMENSIONS])
     unscored = torch.isnan(res.scores[:, w]).all(1)
+    if utility is not None:
+        unscored &= torch.isnan(utility)
     if not bool(unscored.any()):
         return
     first = int(unscored.nonzero()[0, 0])

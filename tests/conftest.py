@@ -83,3 +83,11 @@ def learned_run(learn_task):
     from feval_core.train.loop import train
 
     return train(synthetic_train_config(learn_task, learn_task.data.parent / "run"))
+
+
+@pytest.fixture(scope="session")
+def tiny_fiqa(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight ViT-FIQA model folder (with its tiny face pack), built once per session."""
+    from feval_core.testing.fiqa import make_tiny_fiqa
+
+    return make_tiny_fiqa(tmp_path_factory.mktemp("fiqa") / "tiny-fiqa", seed=0)

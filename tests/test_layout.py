@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "feval_core"
-ROOMS = ("inputs", "faces", "model", "data", "scoring", "evaluate", "train", "testing", "cli")
+ROOMS = ("inputs", "faces", "model", "data", "scoring", "evaluate", "train", "fiqa", "testing", "cli")
 """feval_core's rooms, lowest first: a room imports only the base modules and the rooms before it."""
 BASE = frozenset({"errors", "dimensions", "questions", "_lazy", "_moved"})
 ROOT_NAMES = {"FEvalScorer": "feval_core.scoring", "ScoreResult": "feval_core.scoring",
@@ -96,7 +96,8 @@ def test_modules_and_functions_stay_small(path: Path) -> None:
 
 def test_importing_feval_core_and_its_rooms_imports_no_torch() -> None:
     code = ("import sys, feval_core, feval_core.inputs, feval_core.faces, feval_core.model, feval_core.scoring, "
-            "feval_core.data, feval_core.evaluate, feval_core.train, feval_core.train.config, feval_core.testing; "
+            "feval_core.data, feval_core.evaluate, feval_core.train, feval_core.train.config, feval_core.testing, "
+            "feval_core.fiqa; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 

@@ -114,6 +114,18 @@ def check_model(flag: str, value: str, *, checkpoint: bool = True) -> None:
         raise UsageError(f"{flag} {value}: no such folder, and not a hub id like org/name; check the path")
 
 
+def check_fiqa_model(flag: str, value: str | None) -> None:
+    """A ViT-FIQA model folder (with ``fiqa_config.json``), when given."""
+    if value is None:
+        return
+    from ..fiqa.config import FIQA_CONFIG_NAME
+
+    check_folder(flag, value, f"{FIQA_CONFIG_NAME} and model.safetensors")
+    if not (Path(value).expanduser() / FIQA_CONFIG_NAME).is_file():
+        raise UsageError(f"{flag} {value}: no {FIQA_CONFIG_NAME}; pass a ViT-FIQA folder (from `feval fiqa train`, "
+                         "`feval fiqa import` or `feval make-tiny --fiqa`)")
+
+
 def check_questions(questions: Sequence[str] | None, model: str) -> None:
     """``--question`` texts are not empty, and a local model is a trained checkpoint (zero-shot has no router)."""
     if not questions:

@@ -14,6 +14,9 @@ from typing import Any
 
 from .checks import (
     UsageError,
+    check_device,
+    check_fiqa_model,
+    check_folder,
     check_file,
     check_image_folders,
     check_min,
@@ -29,7 +32,10 @@ logger = logging.getLogger("feval")
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--model", required=True, help="feval checkpoint folder or hub id, or a plain VLM (zero-shot)")
+    p.add_argument("--model", help="feval checkpoint folder or hub id, or a plain VLM (zero-shot); optional with "
+                   "--fiqa")
+    p.add_argument("--fiqa", metavar="MODEL", help="ViT-FIQA folder: adds 'utility' (0-100, how useful the main face "
+                   "is to a face recognizer) to each row")
     p.add_argument("--prompt", help="generation prompt (enables correspondence)")
     p.add_argument("--ref", help="reference face image (enables identity)")
     p.add_argument("--lq", help="the low-quality input the images restore (restoration pairs: quality is judged "
@@ -57,7 +63,13 @@ def check_score_args(args: argparse.Namespace) -> None:
     """Every argument of ``feval score`` that can be checked without loading the model."""
     from ..scoring.distributed import launched_processes
 
-    check_scoring_options(args)
+    if args.model is None and args.fiqa is None:
+        raise UsageError("give --model (F-Eval scores), --fiqa (utility), or both")
+    if args.model is not None:
+        check_scoring_options(args)
+    else:
+        check_fiqa_only(args)
+    check_fiqa_model("--fiqa", args.fiqa)
     check_min("--workers", args.workers, 0)
     check_file("--ref", args.ref)
     check_file("--lq", args.lq)
@@ -67,6 +79,17 @@ def check_score_args(args: argparse.Namespace) -> None:
         raise UsageError("under accelerate launch, feval score needs --out: the processes write their rows to "
                          "part files that are merged into it")
     check_image_folders(args.inputs, args.recursive)
+
+
+def check_fiqa_only(args: argparse.Namespace) -> None:
+    """``--fiqa`` without ``--model``: the F-Eval-only options make no sense."""
+    given = [flag for flag, v in (("--prompt", args.prompt), ("--ref", args.ref), ("--lq", args.lq),
+                                  ("--question", args.question), ("--dims", args.dims)) if v]
+    if given:
+        raise UsageError(f"{', '.join(given)} need an F-Eval model: add --model, or drop them to score utility only")
+    check_min("--batch-size", args.batch_size)
+    check_folder("--face-root", args.face_root, "models/<pack>")
+    check_device(args.device)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -116,7 +139,33 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _score_items(args: argparse.Namespace, todo: list[Any], emit: Callable[[list[dict[str, Any]]], None],
                  device: str | None) -> None:
-    """Load the scorer and stream the rows of ``todo`` to ``emit``, one chunk at a time."""
+    """Load the scorer(s) and stream the rows of ``todo`` to ``emit``, one chunk at a time."""
+    if args.fiqa is None:
+        return _score_feval(args, todo, emit, device)
+    from ..fiqa.scorer import FIQAResult, FIQAScorer, merge_utility
+
+    fiqa = FIQAScorer.from_pretrained(args.fiqa, device=device, face_root=args.face_root)
+    if args.model is None:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(todo), unit="img", desc="utility", disable=None) as bar:
+            for part in fiqa.iter_scores(None, batch_size=args.batch_size, items=todo):
+                emit(part.to_records())
+                bar.update(len(part))
+        return None
+    done = 0
+
+    def with_utility(records: list[dict[str, Any]]) -> None:
+        nonlocal done
+        chunk = todo[done:done + len(records)]
+        emit(merge_utility(records, FIQAResult.concat(list(fiqa.iter_scores(None, args.batch_size, items=chunk)))))
+        done += len(records)
+
+    return _score_feval(args, todo, with_utility, device)
+
+
+def _score_feval(args: argparse.Namespace, todo: list[Any], emit: Callable[[list[dict[str, Any]]], None],
+                 device: str | None) -> None:
     import torch
     from tqdm.auto import tqdm
 

@@ -51,6 +51,7 @@ class FaceInfo:
     det_score: float | None = None
     embedding: np.ndarray | None = None  # (512,) float32, unit L2 norm
     crop: np.ndarray | None = None  # (112, 112, 3) uint8 RGB, ArcFace-aligned
+    embedding_norm: float | None = None  # the recognizer's L2 norm before normalising (MagFace-style quality cue)
 
     @property
     def has_face(self) -> bool:
@@ -227,7 +228,8 @@ class FaceEncoder:
             kps = np.asarray(main.kps, dtype=np.float32)
             crop = face_align.norm_crop(bgr, landmark=kps, image_size=CROP_SIZE)[..., ::-1]
         embedding = np.asarray(main.embedding, dtype=np.float32).ravel()
-        embedding = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
+        norm = float(np.linalg.norm(embedding))
+        embedding = embedding / max(norm, 1e-12)
         return FaceInfo(
             num_faces=len(faces),
             bbox=np.asarray(main.bbox, dtype=np.float32),
@@ -235,6 +237,7 @@ class FaceEncoder:
             det_score=float(main.det_score),
             embedding=embedding,
             crop=np.ascontiguousarray(crop),
+            embedding_norm=norm,
         )
 
     def analyze_many(self, images: Iterable[Image.Image | np.ndarray]) -> list[FaceInfo]:

@@ -76,16 +76,23 @@ def weight_vector(weights: Mapping[str, float] | Sequence[float]) -> list[float]
 
 
 def weighted_mean(scores: torch.Tensor, weights: Mapping[str, float] | Sequence[float],
-                  empty: float = math.nan) -> torch.Tensor:
+                  empty: float = math.nan, *, utility: torch.Tensor | None = None,
+                  utility_weight: float = 0.0) -> torch.Tensor:
     """``[B, 4]`` scores (NaN = not scored) -> ``[B]`` weighted mean over the dimensions with a positive weight
     that were scored for that image: a NaN dimension is left out of the image's mean, never counted as 0.
 
-    Rows without any scored weighted dimension get ``empty``. Differentiable in ``scores`` (NaN entries get
-    zero gradient).
+    ``utility`` (``[B]``, ViT-FIQA's 0-100 utility, NaN where no face) joins the mean as one more column with
+    ``utility_weight``, under the same rule. Rows without any scored weighted column get ``empty``.
+    Differentiable in ``scores`` (NaN entries get zero gradient).
     """
     if scores.ndim != 2 or scores.shape[1] != len(DIMENSIONS):
         raise ValueError(f"scores must be [B, {len(DIMENSIONS)}] in {DIMENSIONS} order, got {list(scores.shape)}")
     w = torch.tensor(weight_vector(weights), dtype=scores.dtype, device=scores.device)
+    if utility is not None and utility_weight > 0:
+        if utility.shape != (scores.shape[0],):
+            raise ValueError(f"utility must be [B] = [{scores.shape[0]}], got {list(utility.shape)}")
+        scores = torch.cat([scores, utility.to(scores.device, scores.dtype)[:, None]], 1)
+        w = torch.cat([w, w.new_tensor([float(utility_weight)])])
     used = ~torch.isnan(scores) & (w > 0)
     safe = torch.where(used, scores, torch.zeros_like(scores))
     den = (used * w).sum(1)
