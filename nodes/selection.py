@@ -137,7 +137,9 @@ def best_of_groups(values: torch.Tensor, weights: Sequence[float], *, group_size
         members = list(range(start, min(start + size, n)))
         ranked = rank([i for i in members if i not in no_face], totals)
         if not ranked:
-            notes.append(f"group {g} (#{members[0]}-#{members[-1]}): no image with a face and a score; none picked")
+            what = ("no image has a face (allow_no_face picks among them)" if all(i in no_face for i in members)
+                    else "no image has a score")
+            notes.append(f"group {g} (#{members[0]}-#{members[-1]}): {what}; none picked")
         kept.extend(ranked[:keep])
         for i in members:
             if i in no_face:

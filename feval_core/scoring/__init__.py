@@ -16,5 +16,6 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "FEvalScorer": "scorer", "ScoreResult": "result", "weighted_mean": "result", "judged_mean": "result", "TensorScorer": "tensors",
+    "FEvalScorer": "scorer", "ScoreResult": "result", "weighted_mean": "result", "judged_mean": "result",
+    "TensorScorer": "tensors",
 })
