@@ -158,7 +158,8 @@ class FEvalAPI(ls.LitAPI if ls is not None else object):  # type: ignore[misc]
         self.scorer = FEvalScorer.from_pretrained(self.serve_config.model, device=device)
         logger.info("feval serve: %s loaded on %s", self.serve_config.model, device)
 
-    def decode_request(self, request: Any) -> ScoreRequest | str:
+    def decode_request(self, request) -> ScoreRequest | str:  # noqa: ANN001 - LitServe reads the JSON body only
+        """The parsed JSON body -> :class:`ScoreRequest`, or the message of a malformed request."""  # unannotated
         try:
             return parse_request(request, max_images=self.serve_config.max_images)
         except WireError as err:
@@ -246,7 +247,20 @@ def build_server(config: ServeConfig) -> Any:
 
 
 def serve(config: ServeConfig) -> None:
-    """Run the server until it is stopped (Ctrl-C or SIGTERM)."""
+    """Run the server until it is stopped (Ctrl-C or SIGTERM: both shut its worker processes down too)."""
+    import os
+    import signal
+
+    main = os.getpid()
+
+    def _stop(signum: int, frame: Any) -> None:
+        if os.getpid() != main:  # a forked API worker inherited this handler: die as SIGTERM says
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt  # LitServe's graceful shutdown stops the API and inference workers
+
+    signal.signal(signal.SIGTERM, _stop)
     server = build_server(config)
     logger.info("feval serve: %s on http://%s:%d%s (batches of up to %d requests, %d images each)", config.model,
                 config.host, config.port, PREDICT_PATH, config.max_batch_size, config.max_images)
