@@ -52,15 +52,21 @@ _SCORERS_LOCK = threading.Lock()
 def process_device() -> str:
     """The calling process's device: accelerate's when its state is set up (``accelerate launch``, an
     ``Accelerator``), else ``cuda:$LOCAL_RANK`` when CUDA is available (torchrun, deepspeed), else ``cpu``."""
-    try:
-        from accelerate.state import PartialState
-    except ImportError:  # pragma: no cover - accelerate is a core dependency
-        PartialState = None
-    if PartialState is not None and PartialState._shared_state != {}:
-        return str(PartialState().device)
+    dev = accelerate_device()
+    if dev is not None:
+        return dev
     if not torch.cuda.is_available():
         return "cpu"
     return _local_cuda()
+
+
+def accelerate_device() -> str | None:
+    """accelerate's device for this process when its state is already set up (never sets it up), else None."""
+    try:
+        from accelerate.state import PartialState
+    except ImportError:  # pragma: no cover - accelerate is a core dependency
+        return None
+    return str(PartialState().device) if PartialState._shared_state != {} else None
 
 
 def _local_cuda() -> str:
