@@ -94,6 +94,8 @@ class Guard:
             return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_bytes:
+            if int(length) <= 4 * self.max_bytes:  # read and drop it, so that the client reads the answer
+                await _drain(receive)
             await _answer(send, 413, f"request body of {length} bytes is over the server's limit of {self.max_bytes}; "
                                      "send fewer images per request")
             return
@@ -131,6 +133,13 @@ def _limited(receive: Any, max_bytes: int) -> Any:
         return message
 
     return wrapped
+
+
+async def _drain(receive: Any) -> None:
+    while True:
+        message = await receive()
+        if message.get("type") != "http.request" or not message.get("more_body"):
+            return
 
 
 async def _answer(send: Any, status: int, detail: str, retry_after: int | None = None) -> None:
