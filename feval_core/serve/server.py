@@ -252,7 +252,7 @@ def build_server(config: ServeConfig) -> Any:
                      "in_flight": in_flight})
     return litserve.LitServer(FEvalAPI(config), accelerator=config.accelerator, devices=config.devices,
                               workers_per_device=config.workers_per_device, timeout=config.timeout,
-                              middlewares=[guard], disable_openapi_url=True)
+                              middlewares=[guard], disable_openapi_url=True, fast_queue=True)
 
 
 def serve(config: ServeConfig) -> None:
