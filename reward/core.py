@@ -189,6 +189,10 @@ class ReasonLog:
                        len(reasons), reason)
 
 
+REASONS = ReasonLog()
+"""The process-wide log of :func:`feval_reward` calls that bring none of their own (the shapes each have one)."""
+
+
 def image_reasons(res: ScoreResult, weights: Mapping[str, float], nan_reward: float, faces_required: bool
                   ) -> list[list[str]]:
     """Per image, why its reward is not a plain mean of its weighted scores: its error, the scorer's other warnings,
@@ -240,7 +244,7 @@ def feval_reward(
     with a positive weight are scored. ``scorer``: see :func:`get_scorer` (``device``: where a scorer loaded
     from a path goes; default this process's device). ``faces_required``: a faceless image gets the floor (0);
     pass False when images without faces are fine. ``reason_log``: where reasons are logged once each (default:
-    a fresh one per call).
+    one for the process, :data:`REASONS`).
 
     The rewards are on the images' device when ``images`` is a tensor, else on the CPU. With
     ``return_dict``: ``{"reward": [B], "quality": [B], ..., "correspondence": [B] (a failed dimension 0, NaN where
@@ -251,7 +255,7 @@ def feval_reward(
     res = sc.score(images, prompts=prompts, refs=refs, dims=weighted_dims(w), batch_size=batch_size)
     reward = res.judged(w, faces_required=faces_required, empty=nan_reward)
     reasons = image_reasons(res, w, nan_reward, faces_required)
-    (reason_log or ReasonLog()).log(reasons)
+    (reason_log or REASONS).log(reasons)
     out_device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
     reward = reward.to(out_device)
     if not return_dict:

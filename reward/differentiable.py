@@ -80,10 +80,11 @@ class DifferentiableReward:
 
 def differentiable_reward(images: torch.Tensor, prompts: Any = None, refs: Any = None, weights: Weights = None,
                           scorer: FEvalScorer | str | Path | None = None, *, nan_reward: float = 0.0,
-                          face_embedder: FaceEmbedder | None = None, faces_required: bool = True) -> torch.Tensor:
+                          face_embedder: FaceEmbedder | None = None, faces_required: bool = True,
+                          device: str | None = None) -> torch.Tensor:
     """One-call form of :class:`DifferentiableReward` (build the class once when calling it in a loop)."""
     return DifferentiableReward(scorer, weights, nan_reward=nan_reward, face_embedder=face_embedder,
-                                faces_required=faces_required)(images, prompts, refs)
+                                faces_required=faces_required, device=device)(images, prompts, refs)
 
 
 __all__ = ["DifferentiableReward", "FaceEmbedder", "differentiable_dims", "differentiable_reward"]

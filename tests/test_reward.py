@@ -15,6 +15,7 @@ from PIL import Image
 from feval_core import DIMENSIONS
 from reward import (
     MODEL_ENV,
+    ReasonLog,
     ddpo_prompt_fn,
     ddpo_reward,
     feval_reward,
@@ -115,7 +116,7 @@ def test_only_weighted_dimensions_are_scored(tiny_scorer, batch):
 def test_image_with_no_weighted_score_gets_nan_reward_and_a_warning(tiny_scorer, batch, caplog):
     w = {"identity": 1.0}  # no reference given: identity cannot be scored for any image
     with caplog.at_level(logging.WARNING, logger="reward.core"):
-        r = feval_reward(batch, "a woman", weights=w, scorer=tiny_scorer)
+        r = feval_reward(batch, "a woman", weights=w, scorer=tiny_scorer, reason_log=ReasonLog())
     assert r.tolist() == [0.0, 0.0, 0.0]
     assert "2 of 3 images: no weighted dimension (identity) could be scored: reward = nan_reward=0.0" in caplog.text
     assert "3 of 3 images: identity not scored (no reference): left out of the mean" in caplog.text
