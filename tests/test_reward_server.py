@@ -156,7 +156,7 @@ def test_a_server_stopped_mid_run_gives_clients_a_clear_error(server, faces):
     while outcomes.count("ok") < 4 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert outcomes.count("ok") >= 4, "the clients were scoring before the stop"
-    server.stop()
+    server.stop(timeout=5)  # SIGTERM, then SIGKILL: the clients must not hang either way
     for t in threads:
         t.join(timeout=120)
     stop.set()

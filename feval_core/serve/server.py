@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import multiprocessing as mp
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,7 +187,10 @@ class FEvalAPI(ls.LitAPI if ls is not None else object):  # type: ignore[misc]
             else:
                 groups.setdefault(req.dims, []).append(k)
         for dims, members in groups.items():  # one scoring call per set of dimensions
+            t0 = time.perf_counter()
             results = score_requests(self.scorer, [batch[k] for k in members], dims, self.serve_config.batch_size)
+            logger.debug("scored %d requests (%d images) in %.3f s", len(members),
+                         sum(len(batch[k].images) for k in members), time.perf_counter() - t0)
             for k, res in zip(members, results):
                 out[k] = encode_result(res)
         return out  # type: ignore[return-value]
