@@ -29,7 +29,8 @@ from .scores import FEvalScores
 from .sockets import CATEGORY
 from .sockets import FEvalScores as FEvalScoresSocket
 
-NO_MODEL = "(no ViT-FIQA models in models/feval)"
+NO_MODEL = paths.NO_CHECKPOINT  # always offered, so a saved graph loads on any disk (validate_inputs says why)
+OLD_NO_MODEL = "(no ViT-FIQA models in models/feval)"
 METHOD = "ViT-FIQA utility (0-100: percentile of the model's training faces; higher = more useful to a recognizer)"
 
 
@@ -39,14 +40,14 @@ def list_fiqa_models() -> list[str]:
     files = folder_paths.get_filename_list(paths.FEVAL_FOLDER)
     found = sorted({str(PurePosixPath(f.replace("\\", "/")).parent) for f in files
                     if PurePosixPath(f.replace("\\", "/")).name == FIQA_CONFIG_NAME} - {"."})
-    return found or [NO_MODEL]
+    return found
 
 
 def resolve_fiqa_model(name: str) -> Path:
     """The folder of ViT-FIQA model ``name``, which must stay inside the feval model folders."""
     roots = paths.feval_roots()
     where = ", ".join(str(r) for r in roots)
-    if not name or name == NO_MODEL:
+    if not name or name in (NO_MODEL, OLD_NO_MODEL):
         raise FileNotFoundError(f"no ViT-FIQA model selected: put a folder with {FIQA_CONFIG_NAME} (from `feval fiqa "
                                 f"train`) into {where} and refresh")
     posix = PurePosixPath(name.replace("\\", "/"))
@@ -84,7 +85,7 @@ class FaceUtility(io.ComfyNode):
                         "data. Not how the face looks to people. No face gives n/a with the reason.",
             inputs=[
                 io.Image.Input("images"),
-                io.Combo.Input("fiqa_model", options=models, default=models[0],
+                io.Combo.Input("fiqa_model", options=[*models, NO_MODEL], default=models[0] if models else NO_MODEL,
                                tooltip="ViT-FIQA folder in models/feval (holds fiqa_config.json)"),
                 io.Combo.Input("device", options=device_options(), default=DEVICE_AUTO),
                 FEvalScoresSocket.Input("scores", optional=True,
@@ -99,6 +100,18 @@ class FaceUtility(io.ComfyNode):
                 io.String.Output("report", display_name="report"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, fiqa_model: str) -> bool | str:
+        """ComfyUI's check before a run (it then skips its own list check for ``fiqa_model``): the model must be a
+        folder in models/feval; otherwise the message says where to put one. None (linked) is checked at run time."""
+        if fiqa_model is None:
+            return True
+        try:
+            resolve_fiqa_model(fiqa_model)
+        except (ValueError, FileNotFoundError, PermissionError) as exc:
+            return str(exc)
+        return True
 
     @classmethod
     def execute(cls, images: torch.Tensor, fiqa_model: str = NO_MODEL, device: str = DEVICE_AUTO,

@@ -162,10 +162,40 @@ def validate(graph: dict, disk: dict) -> dict[str, list[dict]]:
     return validate_prompt(prompt, disk["classes"], disk["specs"], user_files(named))
 
 
+OWN_MODEL_NODES = {"FEvalFaceUtility"}
+"""Nodes with no hub or zero-shot fallback: the user picks a model of their own, so a graph saved with "(none)" is
+refused before a run with the fix (custom_validation_failed), never with ComfyUI's bare value_not_in_list."""
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_passes_comfyui_validation_on_every_disk(path: Path, disk: dict) -> None:
-    errors = validate(json.loads(path.read_text()), disk)
+    graph = json.loads(path.read_text())
+    errors = validate(graph, disk)
+    own = {str(n["id"]) for n in graph["nodes"] if n["type"] in OWN_MODEL_NODES}
+    for node_id in own & set(errors):
+        assert [e["type"] for e in errors.pop(node_id)] == ["custom_validation_failed"]
     assert not errors, f"{path.name} on disk '{disk['name']}': {errors}"
+
+
+def test_a_face_utility_graph_is_valid_once_its_model_is_there(tmp_path: Path, specs: dict[str, dict]) -> None:
+    """The reference-photo graph names no model ("(none)"): refused with where to put one; with a ViT-FIQA folder
+    in models/feval and chosen, the whole graph passes; a name that leaves the models folder is refused."""
+    path = PACK_ROOT / "workflows" / "feval_reference_photo_check.json"
+    graph = json.loads(path.read_text())
+    utility = next(n for n in graph["nodes"] if n["type"] == "FEvalFaceUtility")
+    make_disk(tmp_path, [], [], ["buffalo_l"])
+    (tmp_path / "models" / "feval" / "vit-fiqa").mkdir(parents=True)
+    (tmp_path / "models" / "feval" / "vit-fiqa" / "fiqa_config.json").write_text("{}")
+    install(tmp_path)
+    classes = node_classes(load_pack())
+    disk = {"classes": classes, "specs": {**specs, **{k: widget_spec(c) for k, c in classes.items()}}}
+    errors = validate(graph, disk)
+    assert list(errors) == [str(utility["id"])]
+    assert "no ViT-FIQA model selected" in errors[str(utility["id"])][0]["details"]
+    utility["widgets_values"][0] = "vit-fiqa"
+    assert not validate(graph, disk)
+    utility["widgets_values"][0] = "../feval/vit-fiqa"
+    assert "not a path" in validate(graph, disk)[str(utility["id"])][0]["details"]
 
 
 def test_the_validator_refuses_what_comfyui_refuses(disk: dict) -> None:

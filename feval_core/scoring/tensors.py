@@ -65,11 +65,13 @@ class TensorScorer:
         return tuple(d for d in dims if d != "identity")
 
     def scores(self, images: torch.Tensor, prompts: Any = None, refs: Any = None, dims: Any = None, *,
-               faces: Sequence[Any] | None = None, warnings: list[list[str]] | None = None) -> torch.Tensor:
+               faces: Sequence[Any] | None = None, warnings: list[list[str]] | None = None,
+               missing: list[dict[str, str]] | None = None) -> torch.Tensor:
         """``[B, 4]`` scores in :data:`DIMENSIONS` order, differentiable w.r.t. ``images``.
 
         ``faces``: one ``FaceInfo`` (or None) per image from :meth:`detect_faces`, to hold detections fixed
-        across gradient steps; by default faces are detected now. ``warnings`` receives why a score is NaN.
+        across gradient steps; by default faces are detected now. ``warnings`` receives why a score is NaN, and
+        ``missing`` (one dict per image) its reason code (see :attr:`ScoreResult.missing`).
         """
         images = as_bchw(images)
         n = images.shape[0]
@@ -88,7 +90,8 @@ class TensorScorer:
             questions = plan_questions(wanted, prompt_list, ref_list, infos, indices=range(n),
                                        tokenizer=sc.model.processor.tokenizer,
                                        has_face_model=sc.face_encoder is not None,
-                                       trained=sc.model.trained, references=references, warnings=warns)
+                                       trained=sc.model.trained, references=references, warnings=warns,
+                                       missing=missing)
             for w in warns:
                 w[:] = face_notes(w)
             face_vecs = self._face_vectors(images, infos)
