@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 logger = logging.getLogger("feval.bench")
 
@@ -15,6 +17,15 @@ class Budget:
         self.total_s = total_s
         self.start = time.perf_counter() if start is None else start
         self.skipped: list[dict[str, object]] = []
+        self.steps: list[dict[str, object]] = []  # what ran, and how long it took
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.steps.append({"step": what, "seconds": round(time.perf_counter() - t0, 2)})
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

@@ -68,7 +68,8 @@ class BackboneRun:
                                     self.fast_estimate(size, len(paths), b), reserve_s):
                 continue
             try:
-                m = measure_fast(self.scorer, paths, self.refs[size], b, self.device)
+                with self.budget.step(f"{self.spec.name} {size} px batch {b}"):
+                    m = measure_fast(self.scorer, paths, self.refs[size], b, self.device)
             except torch.cuda.OutOfMemoryError:
                 logger.warning("%s b=%d %dpx: out of GPU memory; skipped (try --max-batch-tokens)", self.spec.name,
                                b, size)
@@ -83,7 +84,8 @@ class BackboneRun:
         if done:
             best = max(done, key=lambda r: r["img_per_s"])
             if self.budget.fits(f"{self.spec.name} {size} px CPU side", 5.0, reserve_s):
-                prep = measure_prep(self.scorer, self.images[size][:-1], best["batch"])
+                with self.budget.step(f"{self.spec.name} {size} px CPU side"):
+                    prep = measure_prep(self.scorer, self.images[size][:-1], best["batch"])
                 for r in done:
                     r["prep_img_per_s"] = prep
         self.rows.extend(done)
@@ -98,7 +100,11 @@ class BackboneRun:
         paths = self.images[size][:-1][: per_run(n_images, batch)]
         est = ABLATION_RUNS * self.fast_estimate(size, len(paths), batch)
         if self.budget.fits(f"{self.spec.name} {size} px ablations", est, reserve_s):
-            self.meta["ablations"].append({"backbone": self.spec.name, "batch": batch, "image_px": size,
+            with self.budget.step(f"{self.spec.name} {size} px ablations"):
+                self._ablations(size, paths, batch)
+
+    def _ablations(self, size: int, paths: list[str], batch: int) -> None:
+        self.meta["ablations"].append({"backbone": self.spec.name, "batch": batch, "image_px": size,
                                            "img_per_s": measure_ablations(self.scorer, paths, self.refs[size], batch,
                                                                           self.device)})
 
@@ -120,7 +126,8 @@ class BackboneRun:
                 self.scorer.model.float()  # the naive path: fp32 weights (experts and heads included)
                 restore_window_attention(self.scorer.model.backbone)  # and transformers' own per-window loop
                 converted = True
-            ips = measure_naive(self.scorer, self.images[size][: n_naive + 1], self.refs[size], self.device)
+            with self.budget.step(f"{self.spec.name} {size} px naive path"):
+                ips = measure_naive(self.scorer, self.images[size][: n_naive + 1], self.refs[size], self.device)
             self.meta["naive"].append({"backbone": self.spec.name, "image_px": size, "img_per_s": ips})
             for r in self.rows:
                 if r["image_px"] == size:
