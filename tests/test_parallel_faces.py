@@ -47,6 +47,15 @@ def test_threads_hold_their_own_sessions_and_wait_when_all_are_busy(packs):
         FaceEncoder("tiny_face", root=packs, sessions=0)
 
 
+def test_the_scorer_lets_each_of_its_workers_detect_at_once(packs):
+    enc = FaceEncoder("tiny_face", root=packs, det_size=(256, 256), sessions=1)
+    enc.allow_sessions(3)
+    held = [enc._acquire() for _ in range(3)]
+    assert len({id(a) for a in held}) == 3 and enc.sessions == 3
+    enc.allow_sessions(2)
+    assert enc.sessions == 3, "the limit is never lowered under threads that hold sessions"
+
+
 def test_parallel_analyze_equals_serial_and_uses_several_sessions(packs):
     images = _images()
     serial = FaceEncoder("tiny_face", root=packs, det_size=(256, 256), sessions=1)

@@ -155,7 +155,8 @@ class FaceEncoder:
     threads at once). ``sessions`` defaults to the prefetch workers' default (up to 4, at most the CPU
     cores); ``threads`` is each copy's intra-op thread count, by default the CPU cores divided among the
     copies (on the CPU; ONNX Runtime's own default with CUDA). Each copy holds the pack's weights once more
-    in memory (~180 MB for ``buffalo_l``).
+    in memory (~180 MB for ``buffalo_l``). ``FEvalScorer`` raises ``sessions`` to its worker count
+    (:meth:`allow_sessions`).
     """
 
     def __init__(
@@ -190,6 +191,7 @@ class FaceEncoder:
         self.providers, self._ctx_id = select_providers(device)
         self.sessions = int(sessions) if sessions is not None else default_workers()
         on_cpu = self._ctx_id < 0
+        self._fixed_threads = threads is not None
         self.threads = int(threads) if threads else (max(1, (os.cpu_count() or 1) // self.sessions) if on_cpu else 0)
         self._free = [self._load(self._ctx_id)]  # loaded now: a broken pack fails here, not in a worker thread
         self._created = 1
@@ -226,6 +228,16 @@ class FaceEncoder:
         with self._pool:
             self._free.append(app)
             self._pool.notify()
+
+    def allow_sessions(self, count: int) -> None:
+        """Let up to ``count`` threads detect at the same time (never lowers the limit; copies already loaded keep
+        their threads, new ones get the cores divided by the new limit on the CPU)."""
+        with self._pool:
+            if count > self.sessions:
+                self.sessions = int(count)
+                if self._ctx_id < 0 and not self._fixed_threads:
+                    self.threads = max(1, (os.cpu_count() or 1) // self.sessions)
+                self._pool.notify_all()
 
     @property
     def loaded_sessions(self) -> int:
