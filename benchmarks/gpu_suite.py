@@ -27,6 +27,7 @@ import argparse
 import datetime
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -59,6 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                     detect=(4, 256, 256)),
 }
 REWARD_S, DETECT_S = 30.0, 40.0  # rough costs of the reward and detection sections, kept free while measuring
+GRACE_S = 25.0  # past the budget, a step that overran is interrupted (450 + 25 s: within 8 minutes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,22 +147,21 @@ class Suite:
         scorer.workers = self.workers
         self.meta.setdefault("build_s", {})[spec.name] = round(time.perf_counter() - t0, 1)
         run = BackboneRun(scorer, spec, device=self.device, peak=self.meta["peak_flops"], images=self.images,
-                          refs=self.refs, meta=self.meta, budget=self.budget)
+                          refs=self.refs, meta=self.meta, budget=self.budget, rows=self.results)
+        # the time this backbone has taken so far, scaled to each later backbone, stays free for their mandatory part
+        later_cost = sum(relative_cost(spec, SPECS[k]) for k in later)
+        run.reserve = lambda: (time.perf_counter() - t0) * later_cost
         for size in cfg["sizes"]:
             run.measure_size(size, cfg["batches"], cfg["images"])
             run.ablations(size, cfg["images"])
-        # what this backbone's mandatory part took, scaled to each later backbone, is kept for them
-        spent = time.perf_counter() - t0
-        reserve = sum(spent * relative_cost(spec, SPECS[k]) for k in later) + REWARD_S * (not self.args.no_reward)
-        reserve += DETECT_S * (not self.args.no_detect)
-        naive_est = sum((cfg["naive"] + 1) * 15.0 / (run.ips_estimate(s) or 1.0) for s in cfg["sizes"])
-        for size in cfg["optional_sizes"]:
-            run.measure_size(size, cfg["batches"], cfg["images"], reserve_s=reserve + naive_est)
-        self.results.extend(run.rows)
+        sections = REWARD_S * (not self.args.no_reward) + DETECT_S * (not self.args.no_detect)
+        for size in cfg["optional_sizes"]:  # only what leaves time for the naive path and the sections
+            run.measure_size(size, cfg["batches"], cfg["images"],
+                             reserve_s=sections + run.naive_estimate(cfg["sizes"], cfg["naive"]))
         self.save()
         if last and not self.args.no_reward:
             self.reward(scorer)
-        run.naive(cfg["sizes"] + cfg["optional_sizes"], cfg["naive"], reserve_s=reserve if later else 0.0)
+        run.naive(cfg["sizes"] + cfg["optional_sizes"], cfg["naive"])
         self.save()
         del scorer, run
         if self.device.startswith("cuda"):
@@ -207,25 +208,47 @@ def summary(sections: dict[str, Any]) -> list[str]:
     return lines
 
 
+class OutOfTime(Exception):
+    """Raised by the alarm when a step overran its estimate past the budget's grace period."""
+
+
+def _out_of_time(signum: int, frame: Any) -> None:
+    raise OutOfTime
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     suite = Suite(args, argv)
-    suite.setup()
-    keys = suite.cfg["backbones"]
-    for i, key in enumerate(keys):
-        suite.backbone(key, later=keys[i + 1:], last=i == len(keys) - 1)
-    if not args.no_detect:
-        suite.detect()
-    suite.extras()
-    table = suite.save(complete=True)
+    # a step whose estimate was far off must not take the run past its wall-clock limit: stop, keep what is done
+    grace = max(60, int(suite.budget.remaining() + GRACE_S))
+    previous = signal.signal(signal.SIGALRM, _out_of_time) if hasattr(signal, "SIGALRM") else None
+    if previous is not None:
+        signal.alarm(grace)
+    complete = True
+    try:
+        suite.setup()
+        keys = suite.cfg["backbones"]
+        for i, key in enumerate(keys):
+            suite.backbone(key, later=keys[i + 1:], last=i == len(keys) - 1)
+        if not args.no_detect:
+            suite.detect()
+        suite.extras()
+    except OutOfTime:
+        complete = False
+        logger.error("out of time %d s after the start: stopped; the JSON holds the steps that finished", grace)
+    finally:
+        if previous is not None:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+    table = suite.save(complete=complete)
     print(table)
     for line in summary(suite.sections):
         print(line)
     for s in suite.budget.skipped:
         print(f"Skipped (budget): {s['step']} (needed ~{s['estimate_s']} s, {s['left_s']} s left)")
     print(f"Total {suite.budget.elapsed():.0f} s of a {suite.budget.total_s:.0f} s budget; results in {args.json}")
-    return 0
+    return 0 if complete else 3
 
 
 if __name__ == "__main__":

@@ -51,6 +51,31 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB; process peak RSS
 
 
+def warm_faces(scorer: Any, paths: list[str], workers: int) -> None:
+    """Load every worker's copy of the face sessions before timing: ``workers`` threads detect at the same moment
+    (the copies are otherwise loaded inside the first timed run, ~1 s each for a real-size pack)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from feval_core.inputs.images import load_image, pad_to_aspect
+
+    enc = scorer.face_encoder
+    workers = max(1, workers)
+    if enc is None or not paths:
+        return
+    if hasattr(enc, "allow_sessions"):
+        enc.allow_sessions(workers)
+    images = [pad_to_aspect(load_image(paths[i % len(paths)])) for i in range(workers)]
+    start = Barrier(workers)
+
+    def one(image: Any) -> None:
+        start.wait()
+        enc.analyze(image)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, images))
+
+
 def measure_fast(scorer: Any, paths: list[str], ref: str, batch: int, device: str) -> dict[str, Any]:
     """Images/s of 4-dimension scoring through ``iter_scores``, and the work it did."""
     from feval_core.model.batching import PassStats
