@@ -201,7 +201,8 @@ def summary(sections: dict[str, Any]) -> list[str]:
     d = sections.get("detect_workers")
     if d:
         lines.append(f"Face detection + ArcFace ({d['images']} images, det {d['det_size']} px, pack scale "
-                     f"{d['pack_scale']}): 2 vs 1 workers {d['ratio']:.2f}x")
+                     f"{d['pack_scale']}): 2 vs 1 workers {d['ratio']:.2f}x, vs the old lock "
+                     f"{d['ratio_vs_old_lock']:.2f}x")
     for name in EXTRA_SECTIONS:
         if name in sections:
             lines.append(f"{name}: {sections[name].get('table') or sections[name]['status']}")

@@ -64,7 +64,8 @@ def render(data: dict[str, Any]) -> str:
     if "detect_workers" in sections:
         d = sections["detect_workers"]
         lines.append(f"- Face detection + ArcFace on the CPU (SCRFD-10G + iResNet-50 class, det {d['det_size']} px): "
-                     f"2 workers {d['ratio']:.2f}× 1 worker")
+                     f"2 workers {d['ratio']:.2f}× 1 worker (a 1-thread session each), "
+                     f"{d.get('ratio_vs_old_lock', math.nan):.2f}× 2 workers under the old lock")
     for name in ("fiqa", "video"):
         if name in sections and sections[name].get("status") == "measured":
             lines.append(f"- {name}: {sections[name].get('table', json.dumps(sections[name]))}")

@@ -55,7 +55,8 @@ def test_dry_run_measures_every_step_and_writes_one_json(dry_run, capsys):
     assert reward["vision_runs"]["vision once per image"] < reward["vision_runs"]["vision once per row"]
     assert reward["ratio"] > 0 and math.isfinite(reward["ratio"])
     det = data["sections"]["detect_workers"]
-    assert det["results"]["2 workers"]["sessions"] == 2 and det["results"]["2 workers"]["faces"] == det["images"]
+    two = det["results"]["2 workers, 2 sessions x 1 thread (default)"]
+    assert two["sessions"] == 2 and two["faces"] == det["images"] and det["ratio"] > 0
     assert data["sections"]["fiqa"]["status"] in ("not built yet", "measured")
     assert data["sections"]["video"]["status"] in ("not built yet", "measured")
     assert "| small Qwen2.5-VL-class (CPU) | 2 | 112 |" in data["table"]

@@ -77,14 +77,15 @@ def reward_vision_ratio(scorer: Any, paths: list[str], ref: str, device: str, re
 def detect_workers_ratio(count: int, size: int, det_size: int, scale: float, work: Path, rounds: int = 1
                          ) -> dict[str, Any]:
     """Face detection + ArcFace img/s with 1 vs 2 prefetch workers (``benchmarks/detect_workers.py``)."""
-    from benchmarks.detect_workers import face_images, run
+    from benchmarks.detect_workers import OLD, ONE, TWO, face_images, run
     from feval_core.testing.facepack_sized import SIZED_PACK_NAME, write_sized_face_pack
 
     root = work / "faces-detect"
     write_sized_face_pack(root, scale=scale)
     results = run(face_images(count, size), SIZED_PACK_NAME, root, det_size, rounds)
     return {"images": count, "image_px": size, "det_size": det_size, "pack_scale": scale, "results": results,
-            "ratio": results["2 workers"]["img_per_s"] / results["1 worker"]["img_per_s"]}
+            "ratio": results[TWO]["img_per_s"] / results[ONE]["img_per_s"],
+            "ratio_vs_old_lock": results[TWO]["img_per_s"] / results[OLD]["img_per_s"]}
 
 
 def run_extra(name: str, device: str, budget_s: float, dry_run: bool) -> dict[str, Any]:
