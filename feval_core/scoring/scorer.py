@@ -211,6 +211,8 @@ class FEvalScorer:
         plan = _Plan(wanted, asked, self._experts(wanted), References(self.face_encoder), References(None))
         fast = self.share_vision and self.model.can_share_vision
         workers = self.workers if self.workers is not None else (0 if n <= 1 else default_workers())
+        if self.face_encoder is not None and hasattr(self.face_encoder, "allow_sessions"):
+            self.face_encoder.allow_sessions(workers)  # every worker may detect at the same time
 
         def prepare(index: int, processor: Any) -> _Ready:
             item = items[index]

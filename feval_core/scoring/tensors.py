@@ -49,12 +49,15 @@ FaceEmbedder = Callable[[torch.Tensor], torch.Tensor]
 class TensorScorer:
     """``scores(images, prompts, refs) -> [B, 4]`` with gradients w.r.t. ``images`` (NaN where not applicable).
 
-    Uses the scorer's frozen model as is (no copy); calls are serialised with the scorer's lock.
+    Uses the scorer's frozen model as is (no copy); calls are serialised with the scorer's lock. As in the
+    scorer, each image goes through the vision tower once for all its dimensions (:attr:`vision_per_image`;
+    ``False`` runs it once per (image, dimension) row, for comparison).
     """
 
     def __init__(self, scorer: FEvalScorer, face_embedder: FaceEmbedder | None = None) -> None:
         self.scorer = scorer
         self.face_embedder = face_embedder
+        self.vision_per_image = True
 
     @property
     def differentiable_dims(self) -> tuple[str, ...]:
@@ -118,9 +121,13 @@ class TensorScorer:
     def _forward(self, images: torch.Tensor, asked: list[Question], infos: Sequence[Any],
                  face_vecs: list[torch.Tensor | None], ref_vecs: dict[int, torch.Tensor | None]) -> torch.Tensor:
         model = self.scorer.model
-        padded = [pad_tensor_to_aspect(images[q.index]) for q in asked]
-        rows = [Row(Image.new("RGB", (p.shape[-1], p.shape[-2])), q.dim, prompt=q.prompt,
-                    ref=q.ref.image if q.ref else None,
+        per_image = {i: pad_tensor_to_aspect(images[i]) for i in dict.fromkeys(q.index for q in asked)}
+        # one placeholder per image (or per row, the old way, when ``vision_per_image`` is off): rows that share
+        # it share the processor's layout and one run of the vision tower (score_rows goes by object identity)
+        shared = {i: Image.new("RGB", (p.shape[-1], p.shape[-2])) for i, p in per_image.items()}
+        padded = [per_image[q.index] for q in asked]
+        rows = [Row(shared[q.index] if self.vision_per_image else Image.new("RGB", (p.shape[-1], p.shape[-2])),
+                    q.dim, prompt=q.prompt, ref=q.ref.image if q.ref else None,
                     face=None if infos[q.index] is None else infos[q.index].embedding,
                     ref_face=q.ref.embedding if q.ref else None, question=q.text) for q, p in zip(asked, padded)]
         if not model.can_share_vision:
@@ -129,7 +136,8 @@ class TensorScorer:
         for row, p in zip(rows, padded):
             if row.ref is not None and id(row.ref) not in prepared:
                 prepared[id(row.ref)] = model.prepare_image(row.ref)  # a constant: the processor's own pixels
-            prepared[id(row.image)] = self._prepared_tensor(row.image, p.to(images.dtype))
+            if id(row.image) not in prepared:
+                prepared[id(row.image)] = self._prepared_tensor(row.image, p.to(images.dtype))
         faces = None
         if self.face_embedder is not None and model.num_face_tokens:
             faces = self._face_tensor(asked, [(self._ref_vector(q.ref, ref_vecs), face_vecs[q.index]) for q in asked],
