@@ -70,7 +70,8 @@ def read_label_input(source: str | Path) -> list[LabelItem]:
             path = Path(str(row["image"]))
             identity = str(row["identity"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise ManifestError(f"{source} line {n}: expected a JSON object with 'image' and 'identity' ({exc})") from exc
+            raise ManifestError(f"{source} line {n}: expected a JSON object with 'image' and 'identity' "
+                                f"({exc})") from exc
         levels = row.get("levels")
         if levels is not None and not (isinstance(levels, dict) and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in levels.values())):
@@ -274,7 +275,8 @@ def label_set(items: Sequence[LabelItem], raw: np.ndarray, errors: list[str | No
         vector, r = fit_weights(normed, sev)
         vector = [w if np.isfinite(normed[:, k]).any() else 0.0 for k, w in enumerate(vector)]  # absent parts
         weights.weights = dict(zip(PARTS, vector))
-        weights.chosen_by = f"fitted: highest SRCC with -severity over a 0.05 simplex grid on {int(np.isfinite(sev).sum())} images"
+        weights.chosen_by = (f"fitted: highest SRCC with -severity over a 0.05 simplex grid on "
+                             f"{int(np.isfinite(sev).sum())} images")
     label = combine(normed, weights.vector())
     if np.isfinite(sev).any():
         weights.srcc_vs_severity = {p: _srcc(normed[:, k], -sev) for k, p in enumerate(PARTS)}
