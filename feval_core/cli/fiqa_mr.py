@@ -109,8 +109,13 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     from ..faces.encoder import FaceEncoder
     from ..fiqa.mrlabels import measure_parts, read_label_input, label_set, write_labels
-    from ..fiqa.vl import vl_source
+    from ..errors import ConfigError
+    from ..fiqa.vl import parse_vl, vl_source
 
+    try:
+        parse_vl(args.vl)
+    except ConfigError as exc:
+        raise UsageError(f"--vl: {exc}") from exc
     if not Path(args.data).expanduser().exists():
         raise UsageError(f"{args.data}: no such file or folder; give identity folders or a JSON Lines manifest")
     check_out_file("--out", args.out, "labels.jsonl")

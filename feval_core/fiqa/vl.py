@@ -34,7 +34,7 @@ class ClipSimilarity:
 
         self.model, self.processor, self.device = model.to(device).eval(), processor, device
         with torch.no_grad():
-            tokens = processor(text=[text], return_tensors="pt", padding=True).to(device)
+            tokens = processor(text=[text], return_tensors="pt", padding=True, truncation=True).to(device)
             self.text = _unit(_features(model.get_text_features(**tokens)))
 
     @classmethod
@@ -97,14 +97,23 @@ class FEvalQualityVL:
         return res.scores[:, DIMENSIONS.index("quality")].numpy().astype(np.float64) / 100.0
 
 
-def vl_source(value: str | None, device: str | None = None, face_root: str | None = None) -> Any | None:
-    """``clip:PATH`` or ``feval:PATH`` -> a VL scorer; None or ``none`` -> None (the part is left out)."""
+def parse_vl(value: str | None) -> tuple[str, str] | None:
+    """``clip:PATH`` / ``feval:PATH`` -> (kind, path); None or ``none`` -> None; anything else: ConfigError."""
     if value is None or value == "none":
         return None
     kind, sep, path = value.partition(":")
     if not sep or kind not in KINDS or not path:
         raise ConfigError(f"the vision-language source must be clip:PATH (a CLIP-style model) or feval:PATH (an F-Eval "
                           f"checkpoint or plain VLM, zero-shot quality), or none; got {value!r}")
+    return kind, path
+
+
+def vl_source(value: str | None, device: str | None = None, face_root: str | None = None) -> Any | None:
+    """``clip:PATH`` or ``feval:PATH`` -> a VL scorer; None or ``none`` -> None (the part is left out)."""
+    parsed = parse_vl(value)
+    if parsed is None:
+        return None
+    kind, path = parsed
     if kind == "clip":
         return ClipSimilarity.from_pretrained(path, device=device)
     return FEvalQualityVL.from_pretrained(path, device=device, face_root=face_root)
