@@ -138,3 +138,26 @@ def test_score_with_prefilter_skips_the_lmm_for_faces_under_the_threshold(traine
         else:
             assert r["quality"] is not None and not any("skipped" in w for w in r.get("warnings", []))
     assert 0 < sum(values[n] < t for n in rows) < 8
+
+
+def test_quick_check_node(trained, tmp_path_factory) -> None:
+    import torch
+    from PIL import Image
+
+    from tests.comfy_stub import install, load_pack, node_classes
+
+    base = tmp_path_factory.mktemp("ComfyUI")
+    install(base)
+    shutil.copytree(trained["pf"], base / "models" / "feval" / "quick")
+    node = node_classes(load_pack())["FEvalFaceQuickCheck"]
+    assert "quick" in [i for i in node.GET_SCHEMA().inputs if i.id == "prefilter"][0].options
+    files = sorted((trained["set"] / "id_00003").glob("*.png"))
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files] + [np.full((128, 128, 3), 20, np.uint8)]
+    batch = torch.from_numpy(np.stack(arrays)).float() / 255
+    expected = LandmarkPrefilter.from_pretrained(trained["pf"]).score([str(f) for f in files]).values
+    t = float(np.median(expected))
+    values, passed, report = node.execute(batch, "quick", t).args[:3]
+    assert np.allclose(values[:-1], expected, atol=1e-3) and np.isnan(values[-1]) and "no face" in report
+    assert passed == ",".join(str(i) for i, v in enumerate(expected) if v >= t)
+    with pytest.raises(ValueError, match="not a path"):
+        node.execute(batch, "../outside", 40.0)
