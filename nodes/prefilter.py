@@ -60,7 +60,7 @@ class FaceQuickCheck(io.ComfyNode):
             ],
             outputs=[
                 io.Float.Output("score", display_name="score", is_output_list=True,
-                                tooltip="pre-filter score per image, on the scale of the label it learned (NaN = no face)"),
+                                tooltip="pre-filter score per image, on the scale of its label (NaN = no face)"),
                 io.String.Output("passed", display_name="passed", tooltip="indices that pass, comma-separated"),
                 io.String.Output("report", display_name="report"),
             ],
