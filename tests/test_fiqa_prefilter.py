@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from feval_core.cli import main
-from feval_core.errors import CheckpointError
+from feval_core.errors import CheckpointError, ConfigError
 from feval_core.fiqa.landmarks import FEATURES_5, TEMPLATE, feature_names, landmark_features
 from feval_core.fiqa.prefilter import LandmarkPrefilter, PrefilterConfig, fit_forest
 from feval_core.testing.mrfiqa import write_level_set
@@ -161,3 +161,60 @@ def test_quick_check_node(trained, tmp_path_factory) -> None:
     assert passed == ",".join(str(i) for i, v in enumerate(expected) if v >= t)
     with pytest.raises(ValueError, match="not a path"):
         node.execute(batch, "../outside", 40.0)
+
+
+def _write_tiny_106_model(path: Path) -> np.ndarray:
+    """A tiny ONNX 106-point landmark model (192 x 192 input, 212 outputs) that answers a fixed mean shape."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    t = np.linspace(0, 2 * np.pi, 10, endpoint=False)
+    shape = np.zeros((106, 2))
+    shape[0:33] = np.stack([0.6 * np.cos(np.linspace(0, np.pi, 33)), 0.6 * np.sin(np.linspace(0, np.pi, 33))], 1)
+    shape[33:43] = np.stack([-0.3 + 0.1 * np.cos(t), -0.2 + 0.03 * np.sin(t)], 1)
+    shape[87:97] = np.stack([0.3 + 0.1 * np.cos(t), -0.2 + 0.03 * np.sin(t)], 1)
+    shape[52:72] = np.stack([0.2 * np.cos(np.linspace(0, 2 * np.pi, 20)), 0.35 + 0.05 * np.sin(
+        np.linspace(0, 2 * np.pi, 20))], 1)
+    nodes = [helper.make_node("ReduceMean", ["data"], ["m"], keepdims=0, name="rm"),
+             helper.make_node("Mul", ["m", "zero"], ["z"], name="times_zero"),
+             helper.make_node("Add", ["z", "shape"], ["fc1"], name="plus_shape")]
+    graph = helper.make_graph(nodes, "tiny_lmk", [helper.make_tensor_value_info("data", TensorProto.FLOAT,
+                                                                               [1, 3, 192, 192])],
+                              [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, 212])],
+                              [numpy_helper.from_array(np.array(0, np.float32), "zero"),
+                               numpy_helper.from_array(shape.reshape(1, 212).astype(np.float32), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return shape
+
+
+def test_106_point_prefilter_uses_the_packs_landmark_model(trained, tmp_path) -> None:
+    from feval_core.faces.encoder import FaceEncoder
+    from feval_core.fiqa.landmarks import detect_faces, find_landmark_model
+    from feval_core.fiqa.prefilter import train_prefilter
+    from feval_core.model.config import FaceEncoderConfig
+    from feval_core.testing.facepack import write_tiny_face_pack
+
+    write_tiny_face_pack(tmp_path / "packs", name="tiny_106")
+    assert find_landmark_model(tmp_path / "packs" / "models" / "tiny_106") is None
+    _write_tiny_106_model(tmp_path / "packs" / "models" / "tiny_106" / "lmk106_tiny.onnx")
+    enc = FaceEncoder("tiny_106", root=tmp_path / "packs", det_size=(128, 128))
+    lmk = find_landmark_model(enc.pack_dir)
+    assert lmk is not None and lmk.taskname == "landmark_2d_106"
+    from PIL import Image
+
+    image = np.asarray(Image.open(trained["set"] / "id_00000" / "000.png").convert("RGB"))
+    found = detect_faces(enc, [image], lmk)
+    box = found.bbox[0]
+    centre, side = (box[:2] + box[2:]) / 2, max(box[2:] - box[:2]) * 1.5  # insightface's crop: 1.5 x the box
+    assert np.allclose(found.lmk106[0, 0], centre + np.array([0.6, 0.0]) * side / 2, atol=1.5)
+    face = FaceEncoderConfig(pack="tiny_106", root=str(tmp_path / "packs"), det_size=128)
+    pf = train_prefilter(trained["labels"], tmp_path / "pf106", points=106, face=face, n_estimators=10)
+    assert pf.config.features[-4:] == ["eye_open_l", "eye_open_r", "mouth_open", "contour_sym"]
+    res = LandmarkPrefilter.from_pretrained(tmp_path / "pf106").score([image])
+    assert np.isfinite(res.values).all()
+    write_tiny_face_pack(tmp_path / "packs", name="plain")
+    with pytest.raises(ConfigError, match="106-point landmark model"):
+        train_prefilter(trained["labels"], tmp_path / "no", points=106, face=FaceEncoderConfig(
+            pack="plain", root=str(tmp_path / "packs"), det_size=128))
