@@ -30,10 +30,12 @@ from .fiqa import FaceUtility  # noqa: E402
 from .loader import LoadFEvalModel  # noqa: E402
 from .paths import register_folders  # noqa: E402
 from .pick import FilterByScore, PickBestOfN  # noqa: E402
+from .prefilter import FaceQuickCheck  # noqa: E402
 from .score import ScoreFaces  # noqa: E402
 from .similarity import FaceSimilarity  # noqa: E402
 
-NODES: list[type[io.ComfyNode]] = [LoadFEvalModel, ScoreFaces, FilterByScore, PickBestOfN, FaceSimilarity, FaceUtility]
+NODES: list[type[io.ComfyNode]] = [LoadFEvalModel, ScoreFaces, FilterByScore, PickBestOfN, FaceSimilarity, FaceUtility,
+                                   FaceQuickCheck]
 
 
 class FEvalExtension(ComfyExtension):

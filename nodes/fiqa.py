@@ -34,28 +34,29 @@ OLD_NO_MODEL = "(no ViT-FIQA models in models/feval)"
 METHOD = "ViT-FIQA utility (0-100: percentile of the model's training faces; higher = more useful to a recognizer)"
 
 
-def list_fiqa_models() -> list[str]:
-    """Folders under the feval model folders that hold ``fiqa_config.json``."""
+def list_fiqa_models(config_name: str = FIQA_CONFIG_NAME) -> list[str]:
+    """Folders under the feval model folders that hold ``config_name`` (default: ``fiqa_config.json``)."""
     paths.register_folders()
     files = folder_paths.get_filename_list(paths.FEVAL_FOLDER)
     found = sorted({str(PurePosixPath(f.replace("\\", "/")).parent) for f in files
-                    if PurePosixPath(f.replace("\\", "/")).name == FIQA_CONFIG_NAME} - {"."})
+                    if PurePosixPath(f.replace("\\", "/")).name == config_name} - {"."})
     return found
 
 
-def resolve_fiqa_model(name: str) -> Path:
-    """The folder of ViT-FIQA model ``name``, which must stay inside the feval model folders."""
+def resolve_fiqa_model(name: str, config_name: str = FIQA_CONFIG_NAME, what: str = "ViT-FIQA model",
+                       none: str = NO_MODEL, command: str = "feval fiqa train") -> Path:
+    """The folder of model ``name`` (holding ``config_name``), which must stay inside the feval model folders."""
     roots = paths.feval_roots()
     where = ", ".join(str(r) for r in roots)
-    if not name or name in (NO_MODEL, OLD_NO_MODEL):
-        raise FileNotFoundError(f"no ViT-FIQA model selected: put a folder with {FIQA_CONFIG_NAME} (from `feval fiqa "
-                                f"train`) into {where} and refresh")
+    if not name or name in (none, NO_MODEL, OLD_NO_MODEL):
+        raise FileNotFoundError(f"no {what} selected: put a folder with {config_name} (from `{command}`) into "
+                                f"{where} and refresh")
     posix = PurePosixPath(name.replace("\\", "/"))
     if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
-        raise ValueError(f"ViT-FIQA model {name!r} must be the name of a folder inside {where}, not a path")
-    found = Path(folder_paths.get_full_path_or_raise(paths.FEVAL_FOLDER, f"{name}/{FIQA_CONFIG_NAME}"))
+        raise ValueError(f"{what} {name!r} must be the name of a folder inside {where}, not a path")
+    found = Path(folder_paths.get_full_path_or_raise(paths.FEVAL_FOLDER, f"{name}/{config_name}"))
     if not all(any(p.resolve().is_relative_to(r.resolve()) for r in roots) for p in (found, found.parent)):
-        raise PermissionError(f"ViT-FIQA model {name!r} resolves outside the feval model folders ({where})")
+        raise PermissionError(f"{what} {name!r} resolves outside the feval model folders ({where})")
     return found.parent.resolve()
 
 

@@ -162,7 +162,7 @@ def validate(graph: dict, disk: dict) -> dict[str, list[dict]]:
     return validate_prompt(prompt, disk["classes"], disk["specs"], user_files(named))
 
 
-OWN_MODEL_NODES = {"FEvalFaceUtility"}
+OWN_MODEL_NODES = {"FEvalFaceUtility", "FEvalFaceQuickCheck"}
 """Nodes with no hub or zero-shot fallback: the user picks a model of their own, so a graph saved with "(none)" is
 refused before a run with the fix (custom_validation_failed), never with ComfyUI's bare value_not_in_list."""
 
@@ -178,22 +178,29 @@ def test_workflow_passes_comfyui_validation_on_every_disk(path: Path, disk: dict
 
 
 def test_a_face_utility_graph_is_valid_once_its_model_is_there(tmp_path: Path, specs: dict[str, dict]) -> None:
-    """The reference-photo graph names no model ("(none)"): refused with where to put one; with a ViT-FIQA folder
-    in models/feval and chosen, the whole graph passes; a name that leaves the models folder is refused."""
+    """The reference-photo graph names no models ("(none)"): refused with where to put them; with a ViT-FIQA and a
+    pre-filter folder in models/feval and chosen, the whole graph passes; a name that leaves the models folder is
+    refused."""
     path = PACK_ROOT / "workflows" / "feval_reference_photo_check.json"
     graph = json.loads(path.read_text())
     utility = next(n for n in graph["nodes"] if n["type"] == "FEvalFaceUtility")
+    quick = next(n for n in graph["nodes"] if n["type"] == "FEvalFaceQuickCheck")
     make_disk(tmp_path, [], [], ["buffalo_l"])
-    (tmp_path / "models" / "feval" / "vit-fiqa").mkdir(parents=True)
-    (tmp_path / "models" / "feval" / "vit-fiqa" / "fiqa_config.json").write_text("{}")
+    for folder, config in (("vit-fiqa", "fiqa_config.json"), ("quick", "prefilter_config.json")):
+        (tmp_path / "models" / "feval" / folder).mkdir(parents=True)
+        (tmp_path / "models" / "feval" / folder / config).write_text("{}")
     install(tmp_path)
     classes = node_classes(load_pack())
     disk = {"classes": classes, "specs": {**specs, **{k: widget_spec(c) for k, c in classes.items()}}}
     errors = validate(graph, disk)
-    assert list(errors) == [str(utility["id"])]
+    assert sorted(errors) == sorted([str(utility["id"]), str(quick["id"])])
     assert "no ViT-FIQA model selected" in errors[str(utility["id"])][0]["details"]
-    utility["widgets_values"][0] = "vit-fiqa"
+    assert "no landmark pre-filter selected" in errors[str(quick["id"])][0]["details"]
+    utility["widgets_values"][0], quick["widgets_values"][0] = "vit-fiqa", "quick"
     assert not validate(graph, disk)
+    quick["widgets_values"][0] = "vit-fiqa"  # a folder without the pre-filter's files
+    assert list(validate(graph, disk)) == [str(quick["id"])]
+    quick["widgets_values"][0] = "quick"
     utility["widgets_values"][0] = "../feval/vit-fiqa"
     assert "not a path" in validate(graph, disk)[str(utility["id"])][0]["details"]
 

@@ -315,6 +315,22 @@ class FaceEncoder:
             embedding_norm=norm,
         )
 
+    def detect(self, image: Image.Image | np.ndarray) -> list[Any]:
+        """Detection only (no recognizer): insightface ``Face`` objects with ``bbox``, ``kps`` and ``det_score``."""
+        from insightface.app.common import Face
+
+        rgb = _to_rgb_uint8(image)
+        if _thinner_than_a_pixel(rgb.shape[0], rgb.shape[1], self.det_size):
+            return []
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        app = self._acquire()
+        try:
+            boxes, kpss = app.det_model.detect(bgr, max_num=0, metric="default")
+        finally:
+            self._release(app)
+        return [Face(bbox=boxes[i, :4], kps=None if kpss is None else kpss[i], det_score=float(boxes[i, 4]))
+                for i in range(boxes.shape[0])]
+
     def analyze_many(self, images: Iterable[Image.Image | np.ndarray]) -> list[FaceInfo]:
         """``analyze`` for each image, in order."""
         return [self.analyze(image) for image in images]
