@@ -57,7 +57,9 @@ def test_dry_run_measures_every_step_and_writes_one_json(dry_run, capsys):
     det = data["sections"]["detect_workers"]
     two = det["results"]["2 workers, 2 sessions x 1 thread (default)"]
     assert two["sessions"] == 2 and two["faces"] == det["images"] and det["ratio"] > 0
-    assert data["sections"]["fiqa"]["status"] in ("not built yet", "measured")
+    fiqa = data["sections"]["fiqa"]
+    assert fiqa["status"] == "measured" and [r["batch"] for r in fiqa["rows"]][:1] == [4]
+    assert all(r["crops_per_s"] > 0 for r in fiqa["rows"])
     assert data["sections"]["video"]["status"] in ("not built yet", "measured")
     assert "| small Qwen2.5-VL-class (CPU) | 2 | 112 |" in data["table"]
 
