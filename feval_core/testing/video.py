@@ -1,0 +1,123 @@
+"""Tiny video parts for tests and smoke runs, offline: a VideoMAE temporal encoder and a Segformer portrait
+segmenter built from configs (real classes, random seeded weights), clips written with PyAV, and
+:func:`make_tiny_video_checkpoint` (``feval make-tiny --video``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+TINY_VIDEO_NOTICE = ("tiny random-weight VIDEO checkpoint for tests and smoke runs: its video_quality scores are "
+                     "MEANINGLESS. Train a real one with `feval train --video`.")
+
+
+def build_tiny_temporal(out: str | Path, *, seed: int = 0, num_frames: int = 8, image_size: int = 32,
+                        hidden: int = 32) -> Path:
+    """A tiny ``VideoMAEModel`` (tubelets of 2 frames, 8x8 patches) saved with ``save_pretrained``."""
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    torch.manual_seed(seed)
+    cfg = VideoMAEConfig(image_size=image_size, patch_size=8, num_frames=num_frames, tubelet_size=2,
+                         hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * hidden,
+                         use_mean_pooling=False)
+    out = Path(out)
+    VideoMAEModel(cfg).eval().save_pretrained(out)
+    return out
+
+
+def build_tiny_portrait(out: str | Path, *, seed: int = 0) -> Path:
+    """A tiny ``SegformerForSemanticSegmentation`` with labels ``background`` and ``person``."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(seed)
+    cfg = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                          patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2],
+                          decoder_hidden_size=16, num_labels=2, id2label={0: "background", 1: "person"},
+                          label2id={"background": 0, "person": 1})
+    out = Path(out)
+    SegformerForSemanticSegmentation(cfg).eval().save_pretrained(out)
+    return out
+
+
+def write_clip(path: str | Path, frames: np.ndarray, *, fps: int = 8, codec: str | None = None) -> Path:
+    """Write ``[T, H, W, 3]`` uint8 frames as a video file (mp4/mkv/mov: h264, webm: vp9, gif: gif)."""
+    import av
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    codec = codec or {".webm": "libvpx-vp9", ".gif": "gif"}.get(ext, "libx264")
+    pix = {"gif": "rgb8"}.get(codec, "yuv420p")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def moving_face_frames(n: int = 16, size: int = 128, *, seed: int = 0, step: float = 1.0) -> np.ndarray:
+    """A tiny-pack face drifting slowly to the right on a dark background."""
+    from .facepack import draw_tiny_face
+
+    out = np.empty((n, size, size, 3), np.uint8)
+    q = size // 4
+    for t in range(n):
+        dx = int(round(t * step)) % q
+        out[t] = draw_tiny_face(np.full((size, size, 3), 20, np.uint8), (q - q // 2 + dx, q, 3 * q - q // 2 + dx,
+                                                                           3 * q), seed=seed)
+    return out
+
+
+def make_tiny_video_checkpoint(out_dir: str | Path, *, seed: int = 0, family: str = "qwen2_5_vl",
+                               samples: bool = True) -> Path:
+    """A complete tiny video checkpoint: the tiny image parts (backbone, face pack), a tiny VideoMAE and Segformer,
+    random projectors and expert, and ``samples/`` (a few short clips) when asked."""
+    from ..model.config import FaceEncoderConfig, FEvalConfig
+    from ..video.checkpoint import build_video_model, load_encoders, save_video_checkpoint
+    from ..video.config import VideoConfig
+    from .facepack import write_tiny_face_pack
+    from .tiny import build_tiny_backbone
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    build_tiny_backbone(family, out / "backbone", seed=seed, image_size=56)
+    write_tiny_face_pack(out / "face_pack", name="tiny_face", seed=seed)
+    build_tiny_temporal(out / "temporal", seed=seed)
+    build_tiny_portrait(out / "portrait", seed=seed)
+    config = FEvalConfig(base_model="backbone", mode="trained", score_mode="mean", dims=("quality",),
+                         num_face_tokens=1, lora_rank=4, lora_alpha=8, max_image_pixels=56 * 56,
+                         face=FaceEncoderConfig(pack="tiny_face", root="face_pack", det_size=128, det_thresh=0.5))
+    vconfig = VideoConfig(num_key_frames=4, num_clip_frames=8, temporal_tokens=2, portrait_size=64, frame_side=128)
+    temporal, portrait = load_encoders(vconfig, out.resolve())
+    torch.manual_seed(seed)
+    model = build_video_model(config, vconfig, temporal, portrait, base_dir=out.resolve(), random_adapters=True)
+    with torch.no_grad():  # random heads so that scores vary with the input
+        for p in model.heads.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_video_checkpoint(model, out)
+    if samples:
+        write_video_samples(out / "samples", seed=seed)
+    (out / "README.md").write_text(f"# tiny feval video checkpoint ({family})\n\n{TINY_VIDEO_NOTICE}\n\n"
+                                   "`samples/` holds short clips with a face the tiny face pack detects.\n")
+    logger.warning(TINY_VIDEO_NOTICE)
+    return out
+
+
+def write_video_samples(folder: str | Path, *, seed: int = 0) -> Path:
+    """Three short clips: a steady face (mp4), the same face flickering (webm) and one with no face (gif)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = moving_face_frames(16, 128, seed=seed)
+    write_clip(out / "face.mp4", frames)
+    flicker = np.clip(frames.astype(np.int16) + np.where(np.arange(16) % 2, 60, -10)[:, None, None, None], 0, 255)
+    write_clip(out / "flicker.webm", flicker.astype(np.uint8))
+    write_clip(out / "no_face.gif", np.full((8, 64, 64, 3), 30, np.uint8), fps=8)
+    return out
