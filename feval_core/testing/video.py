@@ -121,3 +121,50 @@ def write_video_samples(folder: str | Path, *, seed: int = 0) -> Path:
     write_clip(out / "flicker.webm", flicker.astype(np.uint8))
     write_clip(out / "no_face.gif", np.full((8, 64, 64, 3), 30, np.uint8), fps=8)
     return out
+
+
+TEMPORAL_FAULTS = ("flicker", "jitter", "drop", "repeat")
+FRAME_FAULTS = ("blur", "noise")
+
+
+def synthetic_clip(rng: np.random.Generator, *, n: int = 8, size: int = 128, identities: int = 4,
+                   temporal_prob: float = 0.7, frame_prob: float = 0.5) -> tuple[np.ndarray, float, dict[str, float]]:
+    """One clip of a face drifting right, with at most one temporal fault (flicker, jitter, dropped or repeated
+    frames) and one per-frame fault (blur, noise), each of random severity; MOS falls with both.
+
+    Returns ``(frames [n, size, size, 3] uint8, mos, {fault: severity})``.
+    """
+    from PIL import Image, ImageFilter
+
+    faults: dict[str, float] = {}
+    if rng.random() < temporal_prob:
+        faults[TEMPORAL_FAULTS[rng.integers(len(TEMPORAL_FAULTS))]] = float(rng.uniform(0.2, 1.0))
+    if rng.random() < frame_prob:
+        faults[FRAME_FAULTS[rng.integers(len(FRAME_FAULTS))]] = float(rng.uniform(0.2, 1.0))
+    step = 3.0
+    times = np.arange(2 * n, dtype=np.float64)
+    if "drop" in faults:  # frames missing: the motion jumps
+        times = np.cumsum(np.where(rng.random(2 * n) < faults["drop"], 3.0, 1.0)) - 1
+    if "repeat" in faults:  # frames repeated: the motion stalls
+        times = np.cumsum(np.where(rng.random(2 * n) < faults["repeat"], 0.0, 1.0))
+    base = moving_face_frames(int(times[:n].max()) + 1, size, seed=int(rng.integers(identities)), step=step)
+    frames = base[times[:n].astype(int)].astype(np.float32)
+    if "flicker" in faults:
+        frames += (np.where(np.arange(n) % 2, 1.0, -1.0) * 50 * faults["flicker"])[:, None, None, None]
+    if "jitter" in faults:
+        amp = int(round(2 + 8 * faults["jitter"]))
+        for t in range(n):
+            frames[t] = np.roll(frames[t], (int(rng.integers(-amp, amp + 1)), int(rng.integers(-amp, amp + 1))), (0, 1))
+    if "blur" in faults:
+        r = 0.5 + 2.5 * faults["blur"]
+        frames = np.stack([np.asarray(Image.fromarray(f.clip(0, 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(r)), np.float32) for f in frames])
+    if "noise" in faults:
+        frames += rng.normal(0, 45 * faults["noise"], frames.shape)
+    mos = 90.0 - 40.0 * sum(faults.values()) + float(rng.normal(0, 2.0))
+    return frames.clip(0, 255).astype(np.uint8), float(np.clip(mos, 0, 100)), faults
+
+
+def synthetic_video_set(count: int, *, seed: int = 0, **kwargs: object) -> list[tuple[np.ndarray, float, dict]]:
+    rng = np.random.default_rng(seed)
+    return [synthetic_clip(rng, **kwargs) for _ in range(count)]
