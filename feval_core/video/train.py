@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..evaluate.metrics import correlation_table
-from ..model.config import FaceEncoderConfig, FEvalConfig
+from ..model.config import DEFAULT_LORA_TARGETS, FaceEncoderConfig, FEvalConfig
 from ..train.steps import level_targets
 from .checkpoint import build_video_model, load_encoders, save_video_checkpoint
 from .config import BRANCHES, VideoConfig
@@ -56,6 +56,7 @@ class VideoTrainConfig:
     max_image_pixels: int = 448 * 448
     lora_rank: int = 16
     lora_alpha: int = 32
+    lora_targets: str = DEFAULT_LORA_TARGETS
     epochs: int = 3
     batch_size: int = 8
     lr: float = 2e-4
@@ -82,6 +83,7 @@ class VideoTrainConfig:
     def feval_config(self) -> FEvalConfig:
         return FEvalConfig(base_model=self.base, mode="trained", score_mode="regression", dims=("quality",),
                            num_face_tokens=self.num_face_tokens, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                           lora_target_modules=self.lora_targets,
                            max_image_pixels=self.max_image_pixels,
                            face=FaceEncoderConfig(pack=self.face_pack, root=self.face_root, det_size=self.det_size))
 
@@ -183,7 +185,7 @@ def _loop(model: VideoLMM, data: list[tuple[VideoFeatures, float]], cfg: VideoTr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            history.append({"step": step, "loss": float(loss), "stage": 1 if step < stage1 else 2})
+            history.append({"step": step, "loss": float(loss.detach()), "stage": 1 if step < stage1 else 2})
             step += 1
     return history
 
