@@ -168,3 +168,72 @@ def synthetic_clip(rng: np.random.Generator, *, n: int = 8, size: int = 128, ide
 def synthetic_video_set(count: int, *, seed: int = 0, **kwargs: object) -> list[tuple[np.ndarray, float, dict]]:
     rng = np.random.default_rng(seed)
     return [synthetic_clip(rng, **kwargs) for _ in range(count)]
+
+
+def _write_vfr(path: Path, frames: np.ndarray) -> None:
+    """An mkv whose frame intervals alternate between 40 and 120 ms (variable frame rate)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        pts = 0
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            vf.pts, vf.time_base = pts, Fraction(1, 1000)
+            pts += 40 if i % 2 else 120
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def _write_audio_only(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        s.layout = "mono"
+        for i in range(8):
+            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = 16000, i * 1024
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def write_bad_video_corpus(folder: str | Path) -> dict[str, str | None]:
+    """Good clips in every container feval reads and bad ones of every kind it reports; returns file name ->
+    a word its error must contain (None: it must score). "long" and "large" are bad only under the small limits of
+    :data:`CORPUS_LIMITS`."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = moving_face_frames(16, 128)
+    expect: dict[str, str | None] = {}
+    for ext in ("mp4", "webm", "mov", "mkv", "gif"):
+        write_clip(out / f"good.{ext}", frames)
+        expect[f"good.{ext}"] = None
+    (out / "empty.mp4").write_bytes(b"")
+    expect["empty.mp4"] = "empty"
+    (out / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    expect["corrupt.mp4"] = "not a readable video"
+    whole = (out / "good.mkv").read_bytes()
+    (out / "truncated.mkv").write_bytes(whole[: 2 * len(whole) // 3])
+    expect["truncated.mkv"] = "truncated"
+    _write_audio_only(out / "audio_only.mp4")
+    expect["audio_only.mp4"] = "no video stream"
+    _write_vfr(out / "vfr.mkv", frames)
+    expect["vfr.mkv"] = "variable frame rate"
+    write_clip(out / "long.mp4", moving_face_frames(64, 64), fps=4)  # 16 s
+    expect["long.mp4"] = "over the limit"
+    write_clip(out / "large.mp4", np.zeros((4, 512, 512, 3), np.uint8))
+    expect["large.mp4"] = "over the limit"
+    return expect
+
+
+CORPUS_LIMITS = {"max_seconds": 10.0, "max_pixels": 300 * 300}
+"""Limits under which the corpus's ``long.mp4`` and ``large.mp4`` are refused (and the good clips are not)."""

@@ -182,7 +182,8 @@ class _StreamPicker:
 
     def finish(self, name: str) -> Clip:
         if not self.count:
-            raise VideoInputError(f"{name}: the video has no frames; re-export the video")
+            promised = f"truncated or corrupt: the header promises {self.duration:.2f} s" if self.duration else "empty"
+            raise VideoInputError(f"{name}: no frame could be decoded ({promised}); re-download or re-export it")
         self._check_rate(name)
         end = (self.last or 0.0) + 1.0 / self.fps
         missing = len(self.keys) < len(self.key_targets) or len(self.clip) < len(self.clip_targets)
