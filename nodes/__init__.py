@@ -32,8 +32,10 @@ from .paths import register_folders  # noqa: E402
 from .pick import FilterByScore, PickBestOfN  # noqa: E402
 from .score import ScoreFaces  # noqa: E402
 from .similarity import FaceSimilarity  # noqa: E402
+from .video import ScoreFaceVideo  # noqa: E402
 
-NODES: list[type[io.ComfyNode]] = [LoadFEvalModel, ScoreFaces, FilterByScore, PickBestOfN, FaceSimilarity, FaceUtility]
+NODES: list[type[io.ComfyNode]] = [LoadFEvalModel, ScoreFaces, FilterByScore, PickBestOfN, FaceSimilarity, FaceUtility,
+                                   ScoreFaceVideo]
 
 
 class FEvalExtension(ComfyExtension):

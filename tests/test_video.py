@@ -214,3 +214,45 @@ def test_manifest_and_fvq_importer(tmp_path) -> None:
     with pytest.raises(ManifestError, match="2 bad rows"):
         read_video_manifest(tmp_path / "bad.jsonl")
     assert math.isfinite(back[0].mos)
+
+
+def test_video_reward_flow_grpo_shape(scorer) -> None:
+    from reward.video import flow_grpo_video_reward, video_reward
+
+    good = torch.from_numpy(moving_face_frames(16, 128)).float() / 255
+    batch = torch.stack([good, good.flip(0)])  # [B, T, H, W, C]
+    r = video_reward(batch, ["a", "b"], scorer=scorer, fps=8)
+    direct = [row["video_quality"] for row in scorer.score([good, good.flip(0)], fps=8)]
+    assert r.dtype == np.float32 and np.allclose(r, direct, atol=1e-3)
+    bad = [good, torch.zeros(0, 8, 8, 3)]  # an empty clip: NaN, then nan_reward in "avg"
+    out, meta = flow_grpo_video_reward(scorer, fps=8)(bad, ["a", "b"], [{}, {}], only_strict=True)
+    assert np.isclose(out["video_quality"][0], r[0] * 0.01, atol=1e-5) and np.isnan(out["video_quality"][1])
+    assert out["avg"][1] == 0.0 and meta == {}
+    with pytest.raises(ValueError, match="one prompt per video"):
+        video_reward(batch, ["a"], scorer=scorer)
+
+
+def test_video_node_scores_frames_and_video(video_ckpt, corpus, tmp_path_factory) -> None:
+    import shutil
+    from types import SimpleNamespace
+
+    from tests.comfy_stub import install, load_pack, node_classes
+
+    base = tmp_path_factory.mktemp("ComfyUI")
+    install(base)
+    shutil.copytree(video_ckpt, base / "models" / "feval" / "tiny-video")
+    node = node_classes(load_pack())["FEvalScoreFaceVideo"]
+    assert "tiny-video" in [i for i in node.GET_SCHEMA().inputs if i.id == "video_model"][0].options
+    frames = torch.from_numpy(moving_face_frames(16, 128)).float() / 255
+    q, report = node.execute("tiny-video", frames, 8.0, None, "cpu").args[:2]
+    assert 0 <= q <= 100 and "video_quality" in report
+
+    class Video:  # ComfyUI's VIDEO
+        def get_components(self):
+            return SimpleNamespace(images=frames, frame_rate=8)
+
+    assert node.execute("tiny-video", None, 8.0, Video(), "cpu").args[0] == pytest.approx(q, abs=1e-3)
+    q_bad, report_bad = node.execute("tiny-video", torch.zeros(0, 8, 8, 3), 8.0, None, "cpu").args[:2]
+    assert math.isnan(q_bad) and "no frames" in report_bad
+    with pytest.raises(ValueError, match="not a path"):
+        node.execute("../x", frames, 8.0, None, "cpu")
