@@ -13,7 +13,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 TINY_VIDEO_NOTICE = ("tiny random-weight VIDEO checkpoint for tests and smoke runs: its video_quality scores are "
-                     "MEANINGLESS. Train a real one with `feval train --video`.")
+                     "MEANINGLESS. Train a real one with `feval video train`.")
 
 
 def build_tiny_temporal(out: str | Path, *, seed: int = 0, num_frames: int = 8, image_size: int = 32,

@@ -73,7 +73,7 @@ def load_video_checkpoint(folder: str | Path, *, device: str | torch.device = "c
     folder = Path(folder).expanduser()
     if not (folder / CONFIG_NAME).is_file():
         raise CheckpointError(f"{folder} is not a feval checkpoint (no {CONFIG_NAME}); make one with "
-                              "`feval make-tiny --video DIR` or `feval train --video ...`")
+                              "`feval make-tiny --video DIR` or `feval video train ...`")
     if not is_video_checkpoint(folder):
         raise CheckpointError(f"{folder} is an image checkpoint; video scoring needs a video checkpoint "
                               "(video_config.json), e.g. from `feval make-tiny --video DIR`")

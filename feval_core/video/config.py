@@ -118,7 +118,7 @@ class VideoConfig:
         path = path / VIDEO_CONFIG_NAME if path.is_dir() else path
         if not path.is_file():
             raise ConfigError(f"{path} not found: a feval video checkpoint holds {VIDEO_CONFIG_NAME} (make one with "
-                              "`feval make-tiny --video DIR` or `feval train --video ...`)")
+                              "`feval make-tiny --video DIR` or `feval video train ...`)")
         return _build(cls, read_json_config(path, "a video config"), str(path))
 
 

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VideoTrainConfig:
-    """``feval train --video``: one run."""
+    """``feval video train``: one run."""
 
     base: str = field(metadata={"help": "backbone (AutoModelForImageTextToText folder or hub id)"})
     temporal_model: str = field(metadata={"help": "VideoMAE-family folder or hub id"})
