@@ -256,3 +256,33 @@ def test_video_node_scores_frames_and_video(video_ckpt, corpus, tmp_path_factory
     assert math.isnan(q_bad) and "no frames" in report_bad
     with pytest.raises(ValueError, match="not a path"):
         node.execute("../x", frames, 8.0, None, "cpu")
+
+
+def test_video_train_and_eval_commands(video_ckpt, corpus, tmp_path, capsys) -> None:
+    """`feval video train` on a manifest (an unreadable clip is left out, not fatal), then `feval video eval`."""
+    from feval_core.cli import main
+    from feval_core.video.scorer import VideoScorer
+
+    folder, expect = corpus
+    good = sorted(n for n, w in expect.items() if w is None)
+    lines = [json.dumps({"video": str(folder / n), "mos": 20.0 + 15 * i, "split": "train"}) for i, n in enumerate(good)]
+    lines += [json.dumps({"video": str(folder / "corrupt.mp4"), "mos": 50.0, "split": "train"})]
+    lines += [json.dumps({"video": str(folder / n), "mos": 30.0 + 20 * i, "split": "test"}) for i, n in
+              enumerate(good[:3])]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    assert main(["video", "train", "--manifest", str(manifest), "--out", str(out), "--base",
+                 str(video_ckpt / "backbone"), "--temporal-model", str(video_ckpt / "temporal"), "--portrait-model",
+                 str(video_ckpt / "portrait"), "--face-pack", "tiny_face", "--face-root",
+                 str(video_ckpt / "face_pack"), "--det-size", "128", "--num-key-frames", "2", "--num-clip-frames", "8",
+                 "--max-image-pixels", "3136", "--lora-rank", "4", "--lora-alpha", "8", "--epochs", "1",
+                 "--batch-size", "4", "--frame-side", "128", "--portrait-size", "64"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["skipped"] == 1
+    assert (out / "video_config.json").is_file() and (out / "adapters" / "quality").is_dir()
+    rows = VideoScorer.from_pretrained(out).score([str(folder / good[0])])
+    assert rows[0]["error"] is None and 0 <= rows[0]["video_quality"] <= 100
+    assert main(["video", "eval", "--model", str(out), "--manifest", str(manifest), "--split", "test"]) == 0
+    table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert table["n"] == 3 and -1.0 <= table["srcc"] <= 1.0
