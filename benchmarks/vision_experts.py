@@ -26,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing (and import benchmarks.throughput)
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing (and import benchmarks.speed)
 
 logger = logging.getLogger("feval.bench")
 DIMS = ("quality", "authenticity")
@@ -51,7 +51,7 @@ def _mid_scorers(options: list[str], face_root: Path) -> dict[str, object]:
     next to nothing, so their img/s cannot show what running it once per dimension costs."""
     import torch
 
-    from benchmarks.throughput import BackboneSpec, build_scorer
+    from benchmarks.speed.backbones import BackboneSpec, build_scorer
 
     spec = BackboneSpec("mid (CPU)", 256, 4, 4, 2, 1024, 1024, vision_depth=8, vision_hidden=256, vision_heads=4,
                         vision_intermediate=1024, fullatt=(3, 7))

@@ -42,6 +42,24 @@ def unmet_need(dim: str, *, has_prompt: bool, has_ref: bool) -> str | None:
     return None
 
 
+# Why a dimension has no score for an image (``ScoreResult.missing[i][dim]``): one code per case, so that the
+# caller's fault (not asked, no input) is told apart from the generator's (no face where a reference asks for one).
+NOT_ASKED = "not asked"  # the caller did not ask for it (dims, weight 0), or the model does not score it
+NO_PROMPT = "no prompt"  # correspondence without a generation prompt
+NO_REFERENCE = "no reference"  # identity without a reference image
+REFERENCE_UNUSABLE = "reference unusable"  # the reference could not be read
+NO_FACE_IN_REFERENCE = "no face in the reference"  # the reference holds no face: the caller's input is wrong
+NO_FACE = "no face in the image"  # a usable reference, no face in the image: the generator failed
+NO_FACE_MODEL = "no face model"  # identity needs the insightface pack; none is loaded
+LQ_UNUSABLE = "low-quality input unusable"  # a restoration's low-quality input could not be read
+IMAGE_ERROR = "image unreadable"  # the image itself could not be read (see the error row)
+MISSING_REASONS: tuple[str, ...] = (NOT_ASKED, NO_PROMPT, NO_REFERENCE, REFERENCE_UNUSABLE, NO_FACE_IN_REFERENCE,
+                                    NO_FACE, NO_FACE_MODEL, LQ_UNUSABLE, IMAGE_ERROR)
+FAILED: frozenset[str] = frozenset({NO_FACE})
+"""Reasons that are the generated image's failure, not a missing input: such a dimension scores 0 in rewards, totals,
+filters and picks (:func:`feval_core.scoring.result.judged_scores`), never left out of the mean."""
+
+
 def parse_dims(dims: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     """Normalise a user's dimension selection (names, comma-separated string, or None for all)."""
     if dims is None:

@@ -30,12 +30,13 @@ from .fiqa import FaceUtility  # noqa: E402
 from .loader import LoadFEvalModel  # noqa: E402
 from .paths import register_folders  # noqa: E402
 from .pick import FilterByScore, PickBestOfN  # noqa: E402
+from .prefilter import FaceQuickCheck  # noqa: E402
 from .score import ScoreFaces  # noqa: E402
 from .similarity import FaceSimilarity  # noqa: E402
 from .video import ScoreFaceVideo  # noqa: E402
 
 NODES: list[type[io.ComfyNode]] = [LoadFEvalModel, ScoreFaces, FilterByScore, PickBestOfN, FaceSimilarity, FaceUtility,
-                                   ScoreFaceVideo]
+                                   FaceQuickCheck, ScoreFaceVideo]
 
 
 class FEvalExtension(ComfyExtension):

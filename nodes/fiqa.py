@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.utils
-import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
@@ -29,33 +28,14 @@ from .scores import FEvalScores
 from .sockets import CATEGORY
 from .sockets import FEvalScores as FEvalScoresSocket
 
-NO_MODEL = "(no ViT-FIQA models in models/feval)"
+NO_MODEL = paths.NO_CHECKPOINT  # always offered, so a saved graph loads on any disk (validate_inputs says why)
+OLD_NO_MODEL = "(no ViT-FIQA models in models/feval)"
 METHOD = "ViT-FIQA utility (0-100: percentile of the model's training faces; higher = more useful to a recognizer)"
 
 
-def list_fiqa_models() -> list[str]:
-    """Folders under the feval model folders that hold ``fiqa_config.json``."""
-    paths.register_folders()
-    files = folder_paths.get_filename_list(paths.FEVAL_FOLDER)
-    found = sorted({str(PurePosixPath(f.replace("\\", "/")).parent) for f in files
-                    if PurePosixPath(f.replace("\\", "/")).name == FIQA_CONFIG_NAME} - {"."})
-    return found or [NO_MODEL]
-
-
 def resolve_fiqa_model(name: str) -> Path:
-    """The folder of ViT-FIQA model ``name``, which must stay inside the feval model folders."""
-    roots = paths.feval_roots()
-    where = ", ".join(str(r) for r in roots)
-    if not name or name == NO_MODEL:
-        raise FileNotFoundError(f"no ViT-FIQA model selected: put a folder with {FIQA_CONFIG_NAME} (from `feval fiqa "
-                                f"train`) into {where} and refresh")
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
-        raise ValueError(f"ViT-FIQA model {name!r} must be the name of a folder inside {where}, not a path")
-    found = Path(folder_paths.get_full_path_or_raise(paths.FEVAL_FOLDER, f"{name}/{FIQA_CONFIG_NAME}"))
-    if not all(any(p.resolve().is_relative_to(r.resolve()) for r in roots) for p in (found, found.parent)):
-        raise PermissionError(f"ViT-FIQA model {name!r} resolves outside the feval model folders ({where})")
-    return found.parent.resolve()
+    """The folder of ViT-FIQA model ``name`` inside the feval model folders."""
+    return paths.resolve_model_folder(name, FIQA_CONFIG_NAME, "ViT-FIQA model", "feval fiqa train", (OLD_NO_MODEL,))
 
 
 @functools.lru_cache(maxsize=2)
@@ -74,7 +54,7 @@ def _scorer(folder: str, device: str) -> FIQAScorer:
 class FaceUtility(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        models = list_fiqa_models()
+        models = paths.list_model_folders(FIQA_CONFIG_NAME)
         return io.Schema(
             node_id="FEvalFaceUtility",
             display_name="Face utility (ViT-FIQA)",
@@ -84,7 +64,7 @@ class FaceUtility(io.ComfyNode):
                         "data. Not how the face looks to people. No face gives n/a with the reason.",
             inputs=[
                 io.Image.Input("images"),
-                io.Combo.Input("fiqa_model", options=models, default=models[0],
+                io.Combo.Input("fiqa_model", options=[*models, NO_MODEL], default=models[0] if models else NO_MODEL,
                                tooltip="ViT-FIQA folder in models/feval (holds fiqa_config.json)"),
                 io.Combo.Input("device", options=device_options(), default=DEVICE_AUTO),
                 FEvalScoresSocket.Input("scores", optional=True,
@@ -99,6 +79,11 @@ class FaceUtility(io.ComfyNode):
                 io.String.Output("report", display_name="report"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, fiqa_model: str) -> bool | str:
+        """ComfyUI's check before a run (it then skips its own list check for ``fiqa_model``)."""
+        return paths.check_model_folder(fiqa_model, resolve_fiqa_model)
 
     @classmethod
     def execute(cls, images: torch.Tensor, fiqa_model: str = NO_MODEL, device: str = DEVICE_AUTO,

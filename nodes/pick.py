@@ -36,6 +36,11 @@ def _utility_input() -> io.Float.Input:
                                   "0-100) is below this; needs scores from 'Face utility (ViT-FIQA)' (0 = off)")
 
 
+def _faces_input() -> io.Boolean.Input:
+    return io.Boolean.Input("allow_no_face", default=False,
+                            tooltip="keep images in which no face was found (off: a face filter never keeps them)")
+
+
 def _check(images: torch.Tensor, scores: FEvalScores) -> None:
     if not isinstance(scores, FEvalScores):
         raise TypeError("scores must come from 'Score faces (F-Eval)' or 'Face similarity (ArcFace)'")
@@ -88,6 +93,7 @@ class FilterByScore(io.ComfyNode):
                 io.Combo.Input("missing", options=list(MISSING_POLICIES), default="reject",
                                tooltip="an image with no score (n/a) on a thresholded dimension: reject it, or "
                                        "ignore that threshold for it"),
+                _faces_input(),
             ],
             outputs=[
                 io.Image.Output("kept", display_name="images"),
@@ -105,12 +111,13 @@ class FilterByScore(io.ComfyNode):
                 min_authenticity: float = 0.0, min_identity: float = 0.0, min_correspondence: float = 0.0,
                 min_total: float = 0.0, weight_quality: float = 1.0, weight_authenticity: float = 1.0,
                 weight_identity: float = 1.0, weight_correspondence: float = 1.0, top_k: int = 0,
-                missing: str = "reject", min_utility: float = 0.0) -> io.NodeOutput:
+                missing: str = "reject", allow_no_face: bool = False, min_utility: float = 0.0) -> io.NodeOutput:
         _check(images, scores)
         limits = [v if v > 0 else None for v in (min_quality, min_authenticity, min_identity, min_correspondence)]
         weights = (weight_quality, weight_authenticity, weight_identity, weight_correspondence)
         sel = filter_scores(scores.values, limits, min_total=min_total if min_total > 0 else None, weights=weights,
-                            top_k=top_k, missing=missing, utility=scores.utility,
+                            top_k=top_k, missing=missing, reasons=scores.missing, faces=scores.faces,
+                            allow_faceless=allow_no_face, utility=scores.utility,
                             min_utility=min_utility if min_utility > 0 else None)
         rules = [f"rule: {d} >= {fmt(v)}" for d, v in zip(DIMENSIONS, limits) if v is not None]
         if min_total > 0:
@@ -146,6 +153,7 @@ class PickBestOfN(io.ComfyNode):
                              tooltip="N: images per prompt, in batch order (0 = the whole batch is one group)"),
                 io.Int.Input("keep", default=1, min=1, max=64, tooltip="how many best images to keep per group"),
                 *_weight_inputs(),
+                _faces_input(),
                 _utility_input(),
             ],
             outputs=[
@@ -159,10 +167,12 @@ class PickBestOfN(io.ComfyNode):
     @classmethod
     def execute(cls, images: torch.Tensor, scores: FEvalScores, group_size: int = 0, keep: int = 1,
                 weight_quality: float = 1.0, weight_authenticity: float = 1.0, weight_identity: float = 1.0,
-                weight_correspondence: float = 1.0, min_utility: float = 0.0) -> io.NodeOutput:
+                weight_correspondence: float = 1.0, allow_no_face: bool = False,
+                min_utility: float = 0.0) -> io.NodeOutput:
         _check(images, scores)
         weights = (weight_quality, weight_authenticity, weight_identity, weight_correspondence)
-        sel = best_of_groups(scores.values, weights, group_size=group_size, keep=keep, utility=scores.utility,
+        sel = best_of_groups(scores.values, weights, group_size=group_size, keep=keep, reasons=scores.missing,
+                             faces=scores.faces, allow_faceless=allow_no_face, utility=scores.utility,
                              min_utility=min_utility if min_utility > 0 else None)
         size = group_size or len(scores)
         rules = [f"rule: best {keep} of every {size}"] + ([f"rule: utility >= {fmt(min_utility)}"] if min_utility > 0

@@ -151,4 +151,5 @@ def _to_scores(result: ScoreResult, dims: tuple[str, ...], method: str, header: 
         if result.errors[i]:
             msgs.insert(0, result.errors[i])
         notes.append(msgs)
-    return FEvalScores(result.scores.float(), dims, list(result.faces), notes, method, header)
+    return FEvalScores(result.scores.float(), dims, list(result.faces), notes, method, header,
+                       missing=[dict(m) for m in result.missing])

@@ -21,7 +21,8 @@ class FEvalScores:
     """Per-image scores of one IMAGE batch: ``values[i, j]`` is image ``i`` on ``DIMENSIONS[j]``.
 
     Every value is on 0-100 and higher is better; NaN means the dimension was not scored for that image
-    (not asked, no prompt or reference, no face), and ``notes[i]`` says why.
+    (not asked, no prompt or reference, no face), ``notes[i]`` says why in words and ``missing[i]`` as the engine's
+    reason codes (``{dimension: reason}``, :attr:`feval_core.ScoreResult.missing`), which totals use.
     """
 
     values: torch.Tensor  # [B, 4] float32, columns in DIMENSIONS order
@@ -33,6 +34,7 @@ class FEvalScores:
     score_range: tuple[float, float] = SCORE_RANGE
     higher_is_better: bool = True
     utility: torch.Tensor | None = None  # [B] ViT-FIQA utility 0-100 (NaN: no face); set by "Face utility (ViT-FIQA)"
+    missing: list[dict[str, str]] = field(default_factory=list)  # per image {dimension: reason code}; [] = unknown
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2 or self.values.shape[1] != len(DIMENSIONS):
@@ -42,6 +44,8 @@ class FEvalScores:
             raise ValueError(f"{n} score rows but {len(self.faces)} face counts and {len(self.notes)} note lists")
         if self.utility is not None and tuple(self.utility.shape) != (n,):
             raise ValueError(f"{n} score rows but utility of shape {tuple(self.utility.shape)}")
+        if self.missing and len(self.missing) != n:
+            raise ValueError(f"{n} score rows but {len(self.missing)} missing-reason entries")
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -55,7 +59,8 @@ class FEvalScores:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         return FEvalScores(self.values.index_select(0, idx), self.dims, [self.faces[i] for i in indices],
                            [list(self.notes[i]) for i in indices], self.method, list(self.header),
-                           utility=None if self.utility is None else self.utility.index_select(0, idx))
+                           utility=None if self.utility is None else self.utility.index_select(0, idx),
+                           missing=[dict(self.missing[i]) for i in indices] if self.missing else [])
 
     def records(self) -> list[dict[str, Any]]:
         """One JSON-ready dict per image (``None`` where not scored)."""

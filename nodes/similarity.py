@@ -13,11 +13,13 @@ from comfy_api.latest import io, ui
 
 from feval_core import DIMENSIONS
 from feval_core.faces.encoder import FaceEncoder
+from feval_core.dimensions import NOT_ASKED
 from feval_core.faces.identity import (
     NO_FACE_IN_IMAGE,
     cosine,
     face_notes,
     identity_blocker,
+    identity_missing,
     zero_shot_identity,
 )
 
@@ -109,7 +111,7 @@ class FaceSimilarity(io.ComfyNode):
             mm.throw_exception_if_processing_interrupted()
             ref_infos.append(encoder.analyze(r))
             bar.update(1)
-        cosines, identity, notes, faces = [], [], [], []
+        cosines, identity, notes, faces, missing = [], [], [], [], []
         for i, img in enumerate(batch):
             mm.throw_exception_if_processing_interrupted()
             info = encoder.analyze(img)
@@ -119,10 +121,14 @@ class FaceSimilarity(io.ComfyNode):
             identity.append(math.nan if blocked else zero_shot_identity(info, ref_info))
             notes.append(face_notes(([] if info.has_face else [NO_FACE_IN_IMAGE]) + ([blocked] if blocked else [])))
             faces.append(int(info.num_faces))
+            why = {d: NOT_ASKED for d in DIMENSIONS if d != "identity"}
+            if blocked:
+                why["identity"] = identity_missing(True, info, ref_info)
+            missing.append({d: why[d] for d in DIMENSIONS if d in why})
             bar.update(1)
         values = torch.full((n, len(DIMENSIONS)), math.nan, dtype=torch.float32)
         values[:, DIMENSIONS.index("identity")] = torch.tensor(identity, dtype=torch.float32)
-        scores = FEvalScores(values, ("identity",), faces, notes, METHOD)
+        scores = FEvalScores(values, ("identity",), faces, notes, METHOD, missing=missing)
         report = scores.to_text() + "\ncosine: " + ", ".join(
             f"#{i} {'n/a' if math.isnan(c) else f'{c:.3f}'}" for i, c in enumerate(cosines))
         if all(math.isnan(c) for c in cosines):

@@ -8,11 +8,10 @@ A video checkpoint is a folder in ``models/feval/`` holding ``video_config.json`
 from __future__ import annotations
 
 import functools
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import comfy.model_management as mm
-import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
@@ -23,31 +22,13 @@ from . import paths
 from .patcher import DEVICE_AUTO, device_options, placement
 from .sockets import CATEGORY
 
-NO_MODEL = "(no video checkpoints in models/feval)"
-
-
-def list_video_models() -> list[str]:
-    paths.register_folders()
-    files = folder_paths.get_filename_list(paths.FEVAL_FOLDER)
-    found = sorted({str(PurePosixPath(f.replace("\\", "/")).parent) for f in files
-                    if PurePosixPath(f.replace("\\", "/")).name == VIDEO_CONFIG_NAME} - {"."})
-    return found or [NO_MODEL]
+OLD_NO_MODEL = "(no video checkpoints in models/feval)"  # what graphs saved by earlier versions store
 
 
 def resolve_video_model(name: str) -> Path:
-    """The folder of video checkpoint ``name``, which must stay inside the feval model folders."""
-    roots = paths.feval_roots()
-    where = ", ".join(str(r) for r in roots)
-    if not name or name == NO_MODEL:
-        raise FileNotFoundError(f"no video checkpoint selected: put a folder with {VIDEO_CONFIG_NAME} (from `feval "
-                                f"video train` or `feval make-tiny --video`) into {where} and refresh")
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
-        raise ValueError(f"video checkpoint {name!r} must be the name of a folder inside {where}, not a path")
-    found = Path(folder_paths.get_full_path_or_raise(paths.FEVAL_FOLDER, f"{name}/{VIDEO_CONFIG_NAME}"))
-    if not all(any(p.resolve().is_relative_to(r.resolve()) for r in roots) for p in (found, found.parent)):
-        raise PermissionError(f"video checkpoint {name!r} resolves outside the feval model folders ({where})")
-    return found.parent.resolve()
+    """The folder of video checkpoint ``name`` inside the feval model folders."""
+    return paths.resolve_model_folder(name, VIDEO_CONFIG_NAME, "video checkpoint",
+                                      "feval video train` or `feval make-tiny --video", (OLD_NO_MODEL,))
 
 
 @functools.lru_cache(maxsize=2)
@@ -58,7 +39,7 @@ def _scorer(folder: str, device: str) -> VideoScorer:
 class ScoreFaceVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        models = list_video_models()
+        models = paths.list_model_folders(VIDEO_CONFIG_NAME)
         return io.Schema(
             node_id="FEvalScoreFaceVideo",
             display_name="Score face video (FVQ-Rater)",
@@ -67,7 +48,8 @@ class ScoreFaceVideo(io.ComfyNode):
                         "dropped frames), the person and the face in every key frame. Give frames with their frame "
                         "rate, or a VIDEO. A video that cannot be scored gives NaN and the reason in the report.",
             inputs=[
-                io.Combo.Input("video_model", options=models, default=models[0],
+                io.Combo.Input("video_model", options=[*models, paths.NO_CHECKPOINT],
+                               default=models[0] if models else paths.NO_CHECKPOINT,
                                tooltip="video checkpoint folder in models/feval (holds video_config.json)"),
                 io.Image.Input("frames", optional=True, tooltip="the clip's frames as an IMAGE batch [T,H,W,C]"),
                 io.Float.Input("frame_rate", default=24.0, min=0.1, max=1000.0, step=0.1,
@@ -82,8 +64,13 @@ class ScoreFaceVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, video_model: str = NO_MODEL, frames: torch.Tensor | None = None, frame_rate: float = 24.0,
-                video: Any = None, device: str = DEVICE_AUTO) -> io.NodeOutput:
+    def validate_inputs(cls, video_model: str) -> bool | str:
+        """ComfyUI's check before a run (it then skips its own list check for ``video_model``)."""
+        return paths.check_model_folder(video_model, resolve_video_model)
+
+    @classmethod
+    def execute(cls, video_model: str = paths.NO_CHECKPOINT, frames: torch.Tensor | None = None,
+                frame_rate: float = 24.0, video: Any = None, device: str = DEVICE_AUTO) -> io.NodeOutput:
         if (frames is None) == (video is None):
             raise ValueError("connect either 'frames' (an IMAGE batch) or 'video' (a VIDEO), not both or neither")
         scorer = _scorer(str(resolve_video_model(video_model)), str(placement(device)[0]))

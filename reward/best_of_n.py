@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 class BestOfN:
     """What :func:`best_of_n` found: the best ``k`` images, best first, and every candidate's scores."""
 
-    images: list[Any] = field(repr=False)  # the k best images, in the pipeline's output type (PIL, [C,H,W] tensor, [H,W,C] array)
+    images: list[Any] = field(repr=False)  # the k best, as the pipeline gives them (PIL, [C,H,W] tensor, [H,W,C] array)
     seeds: list[int]  # their seeds: regenerate(pipe, prompt, seeds[i], **pipe_kwargs) gives images[i] again
     rewards: list[float]  # their weighted rewards
     indices: list[int]  # their candidate numbers (0..n-1)
@@ -115,14 +115,18 @@ def best_of_n(
     scorer: FEvalScorer | str | Path | None = None,
     batch_size: int = 4,
     generator_device: str | torch.device = "cpu",
+    faces_required: bool = True,
+    device: str | torch.device | None = None,
     **pipe_kwargs: Any,
 ) -> BestOfN:
     """Generate ``n`` candidates of ``prompt`` with ``pipe`` and keep the ``k`` with the highest F-Eval reward.
 
     ``seed``: the first seed (candidates use ``seed + i``) or a list of ``n`` seeds. ``ref``: reference face
     for identity. ``pipe_kwargs`` go to every pipeline call (``num_inference_steps``, ``guidance_scale``,
-    ``height``, ``output_type``, ...). Candidates whose reward is NaN (``nan_reward`` NaN upstream) rank last;
-    ties keep generation order.
+    ``height``, ``output_type``, ...). The reward is :func:`~reward.core.feval_reward`'s: a candidate without a
+    face gets the floor (0) unless ``faces_required=False``, and with ``ref`` a candidate whose face is gone scores
+    identity 0. Candidates whose reward is NaN rank last; ties keep generation order. ``device``: where a scorer
+    loaded from a path goes (default: this process's device).
     """
     if n < 1 or not 1 <= k <= n:
         raise ValueError(f"need n >= 1 and 1 <= k <= n, got n={n}, k={k}")
@@ -130,14 +134,15 @@ def best_of_n(
         raise TypeError(f"prompt must be one string, got {type(prompt).__name__}; call best_of_n once per prompt")
     seeds = candidate_seeds(seed, n)
     w = resolve_weights(weights)
-    sc = get_scorer(scorer)
+    sc = get_scorer(scorer, device=device)
     heap: list[tuple[float, int, Any]] = []  # min-heap of (rank key, -index, image): the k best so far
     rewards = torch.full((n,), float("nan"))
     scores = torch.full((n, len(DIMENSIONS)), float("nan"))
     done = 0
     for chunk, images in generate_candidates(pipe, prompt, seeds, batch_size=batch_size,
                                              generator_device=generator_device, **pipe_kwargs):
-        out = feval_reward(images, [prompt] * len(images), ref, w, sc, return_dict=True, batch_size=len(images))
+        out = feval_reward(images, [prompt] * len(images), ref, w, sc, return_dict=True, batch_size=len(images),
+                           faces_required=faces_required)
         r = out["reward"].detach().float().cpu()
         rewards[done:done + len(images)] = r
         scores[done:done + len(images)] = out["result"].scores

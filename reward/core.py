@@ -1,15 +1,18 @@
 """``feval_reward``: one weighted reward per image from F-Eval's four dimensions.
 
-The reward of image ``i`` is the weighted mean of its scores over the dimensions with a positive weight
-that could be scored for it::
+The reward of image ``i`` is the total of :func:`feval_core.scoring.result.judged_mean` — one rule for every
+reward shape, filter and pick:
 
-    reward_i = sum_d w_d * s_id / sum_d w_d      (d: w_d > 0 and s_id is not NaN)
+    reward_i = sum_d w_d * s_id / sum_d w_d      (d: w_d > 0 and d scored, or failed with s_id = 0)
 
-so it stays on F-Eval's 0..100 scale, and a dimension that does not apply to an image (no reference
--> identity, no prompt -> correspondence, no face -> zero-shot identity) is left out of that image's
-mean instead of counting as 0. An image with **no** scored weighted dimension gets ``nan_reward``
-(default 0.0, the bottom of the scale, with a logged warning); pass ``nan_reward=float("nan")`` to
-keep NaN and filter yourself.
+so it stays on F-Eval's 0..100 scale. A dimension the caller could not ask for (no reference -> identity, no
+prompt -> correspondence, an unreadable reference) is left out of that image's mean; a dimension the image
+**failed** (a usable reference was given and the image has no face) counts as 0; an image with **no face at
+all** gets the floor (0) unless ``faces_required=False``. An image with no scored weighted dimension (e.g. it
+could not be read) gets ``nan_reward`` (default 0.0); pass ``nan_reward=float("nan")`` to filter yourself.
+
+Why a score is missing reaches the log once per distinct reason (:class:`ReasonLog`) and, in every shape's
+metadata, per image (``warnings``, ``missing``).
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ import logging
 import math
 import os
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from feval_core.dimensions import DIMENSIONS, parse_dims
-from feval_core.scoring.result import weighted_mean
+from feval_core.dimensions import DIMENSIONS, FAILED, NO_PROMPT, NO_REFERENCE, parse_dims
+from feval_core.scoring.result import SCORE_FLOOR, faceless, judged_scores, weighted_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     from feval_core.scoring.result import ScoreResult
@@ -34,9 +38,10 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 MODEL_ENV = "FEVAL_REWARD_MODEL"
-"""Environment variable naming the default scorer's checkpoint (folder or hub id)."""
+"""Environment variable naming the default scorer's checkpoint (folder or hub id), or a reward server's URL."""
 DEVICE_ENV = "FEVAL_REWARD_DEVICE"
-"""Environment variable naming the default scorer's device (``cuda``, ``cuda:1``, ``cpu``)."""
+"""Environment variable naming the default scorer's device (``cuda``, ``cuda:1``, ``cpu``); a bare ``cuda`` means
+this process's GPU."""
 FIQA_ENV = "FEVAL_REWARD_FIQA"
 """Environment variable naming the default ViT-FIQA model folder (for a ``utility`` weight)."""
 UTILITY = "utility"
@@ -47,9 +52,52 @@ _SCORERS: dict[tuple[str, str], FEvalScorer] = {}
 _SCORERS_LOCK = threading.Lock()
 
 
-def get_scorer(scorer: FEvalScorer | str | Path | None = None, *, device: str | None = None) -> FEvalScorer:
-    """The scorer to use: ``scorer`` itself, a checkpoint path/hub id loaded once per process, or, with
-    ``None``, the checkpoint named by ``$FEVAL_REWARD_MODEL`` on ``$FEVAL_REWARD_DEVICE``.
+def process_device() -> str:
+    """The calling process's device: accelerate's when its state is set up (``accelerate launch``, an
+    ``Accelerator``), else ``cuda:$LOCAL_RANK`` when CUDA is available (torchrun, deepspeed), else ``cpu``."""
+    dev = accelerate_device()
+    if dev is not None:
+        return dev
+    if not torch.cuda.is_available():
+        return "cpu"
+    return _local_cuda()
+
+
+def accelerate_device() -> str | None:
+    """accelerate's device for this process when its state is already set up (never sets it up), else None."""
+    try:
+        from accelerate.state import PartialState
+    except ImportError:  # pragma: no cover - accelerate is a core dependency
+        return None
+    return str(PartialState().device) if PartialState._shared_state != {} else None
+
+
+def _local_cuda() -> str:
+    rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    count = torch.cuda.device_count()
+    if rank >= count:
+        raise RuntimeError(f"LOCAL_RANK={rank} but this machine has {count} GPUs visible; launch at most {count} "
+                           f"processes per machine, or pass device= (or set {DEVICE_ENV}) to choose one")
+    return f"cuda:{rank}"
+
+
+def resolve_device(device: str | torch.device | None = None) -> str:
+    """Where this process's reward scorer goes: ``device`` if given, else ``$FEVAL_REWARD_DEVICE``, else
+    :func:`process_device`. A bare ``cuda`` (argument or variable) means this process's GPU, not GPU 0."""
+    chosen = str(device) if device is not None else os.environ.get(DEVICE_ENV) or None
+    if chosen is None:
+        return process_device()
+    if chosen == "cuda":
+        return process_device() if torch.cuda.is_available() else chosen
+    return chosen
+
+
+def get_scorer(scorer: FEvalScorer | str | Path | None = None, *, device: str | torch.device | None = None
+               ) -> FEvalScorer:
+    """The scorer to use: ``scorer`` itself, a reward server's URL (``http://host:port``, a
+    :class:`~reward.remote.RemoteScorer`), a checkpoint path/hub id loaded once per process and device, or,
+    with ``None``, what ``$FEVAL_REWARD_MODEL`` names. Local checkpoints go to :func:`resolve_device` (each
+    process of ``accelerate launch`` on its own GPU).
 
     Loaded scorers are cached (one per checkpoint and device) and shared: a scorer is thread-safe.
     """
@@ -60,11 +108,19 @@ def get_scorer(scorer: FEvalScorer | str | Path | None = None, *, device: str | 
     source = scorer if scorer is not None else os.environ.get(MODEL_ENV)
     if not source:
         raise RuntimeError(
-            f"no F-Eval scorer given: pass scorer=FEvalScorer.from_pretrained(...) (or a checkpoint path), or set "
-            f"{MODEL_ENV} to a checkpoint folder or hub id (and optionally {DEVICE_ENV}=cuda:0)")
-    from feval_core.scoring.scorer import FEvalScorer, default_device
+            f"no F-Eval scorer given: pass scorer=FEvalScorer.from_pretrained(...) (or a checkpoint path, or a reward "
+            f"server's URL), or set {MODEL_ENV} to a checkpoint folder, hub id or http:// URL")
+    if str(source).startswith(("http://", "https://")):
+        from .remote import RemoteScorer
 
-    dev = str(device or os.environ.get(DEVICE_ENV) or default_device())
+        key = (str(source), "remote")
+        with _SCORERS_LOCK:
+            if key not in _SCORERS:
+                _SCORERS[key] = RemoteScorer(str(source))
+            return _SCORERS[key]
+    from feval_core.scoring.scorer import FEvalScorer
+
+    dev = resolve_device(device)
     key = (str(source), dev)
     with _SCORERS_LOCK:  # one load even when several reward threads start at once
         if key not in _SCORERS:
@@ -86,9 +142,8 @@ def get_fiqa_scorer(fiqa: Any = None, *, device: str | None = None) -> Any:
         raise RuntimeError(f"a 'utility' weight needs a ViT-FIQA model: pass fiqa=FIQAScorer.from_pretrained(...) (or "
                            f"a model folder), or set {FIQA_ENV}")
     from feval_core.fiqa.scorer import FIQAScorer
-    from feval_core.scoring.scorer import default_device
 
-    dev = str(device or os.environ.get(DEVICE_ENV) or default_device())
+    dev = resolve_device(device)
     with _SCORERS_LOCK:
         if (str(source), dev) not in _FIQA:
             _FIQA[(str(source), dev)] = FIQAScorer.from_pretrained(source, device=dev)
@@ -144,8 +199,63 @@ def weighted_dims(weights: Mapping[str, float]) -> tuple[str, ...]:
 
 def weighted_reward(scores: torch.Tensor, weights: Mapping[str, float], nan_reward: float = 0.0) -> torch.Tensor:
     """``[B, 4]`` scores (NaN = not scored) -> ``[B]`` weighted means over the scored weighted dimensions
-    (:func:`feval_core.scoring.result.weighted_mean`); rows without any get ``nan_reward``."""
+    (:func:`feval_core.scoring.result.weighted_mean`); rows without any get ``nan_reward``. Scores alone do not
+    say why a dimension is missing: rewards use :meth:`ScoreResult.judged`, which does."""
     return weighted_mean(scores, weights, empty=nan_reward)
+
+
+class ReasonLog:
+    """Logs why images got no score or the floor: one line per distinct reason, the first time it is seen (later
+    times at DEBUG), with how many images of the batch it concerned. Thread-safe; remembers up to ``limit``."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def log(self, reasons: Sequence[Sequence[str]], what: str = "F-Eval reward") -> None:
+        counts = Counter(r for per_image in reasons for r in dict.fromkeys(per_image))
+        for reason, count in counts.items():
+            with self._lock:
+                new = reason not in self._seen
+                if new and len(self._seen) < self.limit:
+                    self._seen.add(reason)
+            logger.log(logging.WARNING if new else logging.DEBUG, "%s: %d of %d images: %s", what, count,
+                       len(reasons), reason)
+
+
+REASONS = ReasonLog()
+"""The process-wide log of :func:`feval_reward` calls that bring none of their own (the shapes each have one)."""
+
+
+def image_reasons(res: ScoreResult, weights: Mapping[str, float], nan_reward: float, faces_required: bool,
+                  utility: torch.Tensor | None = None) -> list[list[str]]:
+    """Per image, why its reward is not a plain mean of its weighted scores: its error, the scorer's other warnings,
+    a failed dimension (0), weighted dimensions left out for want of an input, the floor for a faceless image."""
+    dims = weighted_dims(weights)
+    out = []
+    for i in range(len(res)):
+        missing = res.missing[i] if res.missing else {}
+        if res.errors[i]:
+            out.append([f"{res.errors[i]}; reward = nan_reward={nan_reward}"])
+            continue
+        why = [w for w in (res.warnings[i] if res.warnings else []) if w not in _NO_FACE_WARNINGS]
+        why += [f"{d} = 0: no face in the image although a reference was given" for d in dims
+                if missing.get(d) in FAILED]
+        why += [f"{d} not scored ({missing[d]}): left out of the mean" for d in dims
+                if missing.get(d) in (NO_PROMPT, NO_REFERENCE)]
+        if faces_required and res.faces[i] == 0:
+            why.append(f"no face in the image: reward = floor {SCORE_FLOOR} (faces_required=False to score it)")
+        elif all(d in missing and missing[d] not in FAILED for d in dims) and (
+                utility is None or math.isnan(float(utility[i]))):
+            what = ", ".join([*dims, *([UTILITY] if utility is not None else [])])
+            why.append(f"no weighted dimension ({what}) could be scored: reward = nan_reward={nan_reward}")
+        out.append(why)
+    return out
+
+
+_NO_FACE_WARNINGS = frozenset({"no face detected in the image",
+                               "no face detected in the image; identity not scored"})  # said better above
 
 
 def feval_reward(
@@ -159,6 +269,9 @@ def feval_reward(
     nan_reward: float = 0.0,
     batch_size: int = 8,
     fiqa: Any = None,
+    faces_required: bool = True,
+    device: str | torch.device | None = None,
+    reason_log: ReasonLog | None = None,
 ) -> torch.Tensor | dict[str, Any]:
     """Weighted F-Eval reward per image, ``float32 [B]`` on 0..100 (higher is better).
 
@@ -166,52 +279,46 @@ def feval_reward(
     ``output_type="pt"``, DDPO, ComfyUI), numpy ``[B,H,W,C]``, a list of PIL images or paths.
     ``prompts``: one per image (or one for all); needed for correspondence. ``refs``: reference faces, one
     per image or one for all; needed for identity. ``weights``: see :func:`resolve_weights`; only dimensions
-    with a positive weight are scored. ``scorer``: see :func:`get_scorer`. A ``"utility"`` weight adds ViT-FIQA's
-    utility of the main face (0-100; NaN and left out when no face) from ``fiqa`` (:func:`get_fiqa_scorer`); with
-    only a utility weight no F-Eval model is loaded.
+    with a positive weight are scored. ``scorer``: see :func:`get_scorer` (``device``: where a scorer loaded
+    from a path goes; default this process's device). ``faces_required``: a faceless image gets the floor (0);
+    pass False when images without faces are fine. ``reason_log``: where reasons are logged once each (default:
+    one for the process, :data:`REASONS`). A ``"utility"`` weight adds ViT-FIQA's utility of the main face (0-100)
+    from ``fiqa`` (:func:`get_fiqa_scorer`) as one more column of the same mean; with only a utility weight no
+    F-Eval model is loaded.
 
     The rewards are on the images' device when ``images`` is a tensor, else on the CPU. With
-    ``return_dict``: ``{"reward": [B], "quality": [B], ..., "correspondence": [B] (NaN where not scored),
-    "result": ScoreResult}``.
+    ``return_dict``: ``{"reward": [B], "quality": [B], ..., "correspondence": [B] (a failed dimension 0, NaN where
+    not scored), "faces", "warnings", "missing" (per image), "result": ScoreResult}``.
     """
     weights, w_utility = split_utility(weights)
-    if w_utility > 0 and isinstance(weights, Mapping) and not any(float(v) > 0 for v in weights.values()):
-        w, res = {d: 0.0 for d in DIMENSIONS}, None  # utility only: no F-Eval model needed
-    else:
-        w = resolve_weights(weights)
-        res = get_scorer(scorer).score(images, prompts=prompts, refs=refs, dims=weighted_dims(w),
-                                       batch_size=batch_size)
+    utility_only = w_utility > 0 and isinstance(weights, Mapping) and not any(float(v) > 0 for v in weights.values())
+    w = dict.fromkeys(DIMENSIONS, 0.0) if utility_only else resolve_weights(weights)
     utility = None
     if w_utility > 0:
-        utility = get_fiqa_scorer(fiqa).score(images, batch_size=batch_size).utility
-    n = len(res) if res is not None else len(utility)
-    scores = res.scores if res is not None else torch.full((n, len(DIMENSIONS)), float("nan"))
-    reward = weighted_mean(scores, w, nan_reward, utility=utility, utility_weight=w_utility)
-    if res is not None:
-        _warn_unscored(res, reward, w, nan_reward, utility if w_utility > 0 else None)
-    device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
-    reward = reward.to(device)
+        fres = get_fiqa_scorer(fiqa, device=device).score(images, batch_size=batch_size)
+        utility = fres.utility
+    if utility_only:
+        res = fres.as_score_result()
+    else:
+        sc = get_scorer(scorer, device=device)
+        res = sc.score(images, prompts=prompts, refs=refs, dims=weighted_dims(w), batch_size=batch_size)
+    reward = res.judged(w, faces_required=faces_required, empty=nan_reward, utility=utility, utility_weight=w_utility)
+    reasons = image_reasons(res, w, nan_reward, faces_required, utility=utility if w_utility > 0 else None)
+    (reason_log or REASONS).log(reasons)
+    out_device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
+    reward = reward.to(out_device)
     if not return_dict:
         return reward
+    judged = judged_scores(res.scores, res.missing)
     out: dict[str, Any] = {"reward": reward}
     for j, d in enumerate(DIMENSIONS):
-        out[d] = scores[:, j].to(device)
+        out[d] = judged[:, j].to(out_device)
     if utility is not None:
-        out[UTILITY] = utility.to(device)
+        out[UTILITY] = utility.to(out_device)
+    out["faces"] = list(res.faces)
+    out["faceless"] = faceless(res.faces).tolist()
+    out["warnings"] = reasons
+    out["missing"] = [dict(m) for m in res.missing] if res.missing else [{} for _ in range(len(res))]
     out["result"] = res
     return out
 
-
-def _warn_unscored(res: ScoreResult, reward: torch.Tensor, weights: Mapping[str, float], nan_reward: float,
-                   utility: torch.Tensor | None = None) -> None:
-    w = torch.tensor([weights[d] > 0 for d in DIMENSIONS])
-    unscored = torch.isnan(res.scores[:, w]).all(1)
-    if utility is not None:
-        unscored &= torch.isnan(utility)
-    if not bool(unscored.any()):
-        return
-    first = int(unscored.nonzero()[0, 0])
-    reason = res.errors[first] or "; ".join(res.warnings[first] if res.warnings else []) or "dimension not applicable"
-    logger.warning("%d of %d images have no score on any weighted dimension (%s); their reward is nan_reward=%s "
-                   "(first: %s: %s)", int(unscored.sum()), len(reward), ", ".join(weighted_dims(weights)),
-                   nan_reward, res.names[first], reason)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .core import Weights, feval_reward, get_scorer, resolve_weights, weighted_dims
+from .core import ReasonLog, Weights, feval_reward, get_scorer, resolve_weights, weighted_dims
 
 if TYPE_CHECKING:  # pragma: no cover
     from feval_core.scoring.scorer import FEvalScorer
@@ -29,8 +29,11 @@ class DDPOReward:
     """The callable :func:`ddpo_reward` returns. ``close()`` stops its worker thread (async mode)."""
 
     def __init__(self, scorer: FEvalScorer | str | Path | None, weights: Weights, *, ref_key: str,
-                 async_reward_computation: bool, max_workers: int, nan_reward: float, batch_size: int) -> None:
-        self.scorer = get_scorer(scorer)  # load now, not inside the first training step
+                 async_reward_computation: bool, max_workers: int, nan_reward: float, batch_size: int,
+                 faces_required: bool = True, device: str | None = None) -> None:
+        self.scorer = get_scorer(scorer, device=device)  # load now, on this process's device, not in a training step
+        self.faces_required = faces_required
+        self.reasons = ReasonLog()
         self.weights = resolve_weights(weights)
         self.ref_key = ref_key
         self.async_reward_computation = bool(async_reward_computation)
@@ -51,12 +54,15 @@ class DDPOReward:
 
     def compute(self, images: Any, prompts: Sequence[str], prompt_metadata: Sequence[Any] | None = None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Score now: ``(rewards [B], {"quality": [B], ..., "faces": [...]})`` (weighted dimensions only)."""
+        """Score now: ``(rewards [B], {"quality": [B], ..., "faces", "warnings", "missing"})``: the weighted
+        dimensions (a failed one 0, NaN where not scored), face counts, and per image why a score is missing."""
         n = len(prompts)
         out = feval_reward(images, list(prompts), self.refs_from(prompt_metadata, n), self.weights, self.scorer,
-                           return_dict=True, nan_reward=self.nan_reward, batch_size=self.batch_size)
+                           return_dict=True, nan_reward=self.nan_reward, batch_size=self.batch_size,
+                           faces_required=self.faces_required, reason_log=self.reasons)
         meta: dict[str, Any] = {d: out[d].cpu() for d in weighted_dims(self.weights)}
-        meta["faces"] = list(out["result"].faces)
+        for key in ("faces", "warnings", "missing"):
+            meta[key] = out[key]
         return out["reward"], meta
 
     def __call__(self, images: Any, prompts: Sequence[str], prompt_metadata: Sequence[Any] | None = None) -> Any:
@@ -95,15 +101,20 @@ def ddpo_reward(
     max_workers: int = 1,
     nan_reward: float = 0.0,
     batch_size: int = 8,
+    faces_required: bool = True,
+    device: str | None = None,
 ) -> DDPOReward:
     """A ``reward_function`` for ``trl.DDPOTrainer``.
 
     Pass ``async_reward_computation=config.async_reward_computation`` so the return type matches what the
     trainer expects (a tuple of tensors/dicts, or of futures). Rewards are on 0..100: DDPO standardises
-    them into advantages, so the scale does not matter there.
+    them into advantages, so the scale does not matter there. The rule is :func:`~reward.core.feval_reward`'s
+    (a faceless image gets the floor unless ``faces_required=False``); a scorer loaded from a path goes to this
+    process's device (``accelerate launch``: its own GPU) unless ``device`` says otherwise.
     """
     return DDPOReward(scorer, weights, ref_key=ref_key, async_reward_computation=async_reward_computation,
-                      max_workers=max_workers, nan_reward=nan_reward, batch_size=batch_size)
+                      max_workers=max_workers, nan_reward=nan_reward, batch_size=batch_size,
+                      faces_required=faces_required, device=device)
 
 
 def ddpo_prompt_fn(prompts: Sequence[str], refs: Any = None, *, ref_key: str = "ref",

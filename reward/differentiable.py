@@ -1,8 +1,10 @@
 """A differentiable F-Eval reward for ReFL / DRaFT / AlignProp-style training.
 
 The scores come from :class:`feval_core.scoring.tensors.TensorScorer` (the scorer's own rules on ``[B,3,H,W]``
-tensors, torch-only preprocessing; see there what carries gradients); the reward is their weighted mean
-(:func:`~reward.core.weighted_reward`), exactly as :func:`~reward.core.feval_reward` computes it.
+tensors, torch-only preprocessing; see there what carries gradients); the reward is their total under the one rule
+(:func:`feval_core.scoring.result.judged_mean`), exactly as :func:`~reward.core.feval_reward` computes it: a
+failed identity (no face next to a usable reference) counts 0, a faceless image gets the floor (a constant: no
+gradient) unless ``faces_required=False``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from feval_core.scoring.result import judged_mean
 from feval_core.scoring.tensors import FaceEmbedder, TensorScorer
 
-from .core import Weights, get_scorer, resolve_weights, weighted_dims, weighted_reward
+from .core import Weights, get_scorer, resolve_weights, weighted_dims
 
 if TYPE_CHECKING:  # pragma: no cover
     from feval_core.scoring.scorer import FEvalScorer
@@ -37,8 +40,10 @@ class DifferentiableReward:
     """
 
     def __init__(self, scorer: FEvalScorer | str | Path | None = None, weights: Weights = None, *,
-                 nan_reward: float = 0.0, face_embedder: FaceEmbedder | None = None) -> None:
-        self.scorer = get_scorer(scorer)
+                 nan_reward: float = 0.0, face_embedder: FaceEmbedder | None = None, faces_required: bool = True,
+                 device: str | None = None) -> None:
+        self.scorer = get_scorer(scorer, device=device)
+        self.faces_required = faces_required
         self.weights = resolve_weights(weights)
         self.nan_reward = nan_reward
         self.face_embedder = face_embedder
@@ -52,7 +57,12 @@ class DifferentiableReward:
 
     def __call__(self, images: torch.Tensor, prompts: Any = None, refs: Any = None, *,
                  faces: Sequence[Any] | None = None) -> torch.Tensor:
-        return weighted_reward(self.scores(images, prompts, refs, faces=faces), self.weights, self.nan_reward)
+        infos = list(faces) if faces is not None else self.detect_faces(images)
+        missing: list[dict[str, str]] = [{} for _ in infos]
+        scores = self.tensor_scorer.scores(images, prompts, refs, self.dims, faces=infos, missing=missing)
+        counts = [None if info is None else int(info.num_faces) for info in infos]
+        return judged_mean(scores, self.weights, missing, counts, faces_required=self.faces_required,
+                           empty=self.nan_reward)
 
     def scores(self, images: torch.Tensor, prompts: Any = None, refs: Any = None, *,
                faces: Sequence[Any] | None = None) -> torch.Tensor:
@@ -70,10 +80,11 @@ class DifferentiableReward:
 
 def differentiable_reward(images: torch.Tensor, prompts: Any = None, refs: Any = None, weights: Weights = None,
                           scorer: FEvalScorer | str | Path | None = None, *, nan_reward: float = 0.0,
-                          face_embedder: FaceEmbedder | None = None) -> torch.Tensor:
+                          face_embedder: FaceEmbedder | None = None, faces_required: bool = True,
+                          device: str | None = None) -> torch.Tensor:
     """One-call form of :class:`DifferentiableReward` (build the class once when calling it in a loop)."""
-    return DifferentiableReward(scorer, weights, nan_reward=nan_reward, face_embedder=face_embedder)(
-        images, prompts, refs)
+    return DifferentiableReward(scorer, weights, nan_reward=nan_reward, face_embedder=face_embedder,
+                                faces_required=faces_required, device=device)(images, prompts, refs)
 
 
 __all__ = ["DifferentiableReward", "FaceEmbedder", "differentiable_dims", "differentiable_reward"]

@@ -57,6 +57,8 @@ def build_dpo_pairs(
     batch_size: int = 4,
     image_format: str = "png",
     generator_device: str = "cpu",
+    faces_required: bool = True,
+    device: str | None = None,
     **pipe_kwargs: Any,
 ) -> DPOPairs:
     """Write a Diffusion-DPO data set to ``out_dir``: for each prompt, its best and worst of ``n`` candidates.
@@ -65,7 +67,8 @@ def build_dpo_pairs(
     seeded generator each: prompt ``p``'s candidate ``i`` uses seed ``seed + p * n + i``; ``pipe_kwargs``
     go to every call), or already generated candidates: one list of images per prompt (paths, PIL,
     arrays or tensors). ``refs``: reference faces, one per prompt or one for all. ``margin``: the smallest
-    reward gap (0..100 scale) that makes a pair. Candidates with no scored dimension are left out.
+    reward gap (0..100 scale) that makes a pair. Candidates with no scored dimension are left out; a candidate
+    without a face gets the floor (0) unless ``faces_required=False`` (:func:`~reward.core.feval_reward`'s rule).
     """
     prompts = list(prompts)
     fmt = IMAGE_FORMATS.get(image_format.lower())
@@ -88,7 +91,8 @@ def build_dpo_pairs(
     if len(ref_list) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(ref_list)} refs; pass one ref per prompt or one for all")
     w = resolve_weights(weights)
-    sc = get_scorer(scorer)
+    sc = get_scorer(scorer, device=device)
+    sc_args = {"scorer": sc, "faces_required": faces_required}
     out = Path(out_dir)
     (out / DATA_FILE).parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -105,7 +109,7 @@ def build_dpo_pairs(
             else:
                 images = list(source[p])
                 seeds = [-1] * len(images)
-            why = _add_pair(writer, rng, prompt, images, seeds, ref_list[p], w, sc, margin, batch_size, fmt)
+            why = _add_pair(writer, rng, prompt, images, seeds, ref_list[p], w, sc_args, margin, batch_size, fmt)
             if why:
                 result.skipped.append((prompt, why))
                 logger.info("no pair for prompt %d (%r): %s", p, prompt, why)
@@ -120,12 +124,13 @@ def build_dpo_pairs(
 
 
 def _add_pair(writer: _PairWriter, rng: random.Random, prompt: str, images: list[Any], seeds: list[int], ref: Any,
-              weights: dict[str, float], scorer: Any, margin: float, batch_size: int, fmt: str) -> str | None:
+              weights: dict[str, float], scorer: dict[str, Any], margin: float, batch_size: int, fmt: str
+              ) -> str | None:
     """Score one prompt's candidates and write its pair; return why not, or None when written."""
     if len(images) < 2:
         return f"{len(images)} candidate(s); a pair needs 2"
     pil = [load_image(im) for im in images]  # what is scored is exactly what is stored
-    rewards = feval_reward(pil, prompt, ref, weights, scorer, nan_reward=float("nan"), batch_size=batch_size)
+    rewards = feval_reward(pil, prompt, ref, weights, nan_reward=float("nan"), batch_size=batch_size, **scorer)
     scored = [(float(r), i) for i, r in enumerate(rewards.tolist()) if not math.isnan(r)]
     if len(scored) < 2:
         return f"only {len(scored)} candidate(s) could be scored on the weighted dimensions"

@@ -30,6 +30,7 @@ TRAIN = ["train", "--manifest", "{manifest}", "--base", "{backbone}", "--out", "
 SPLIT = ["split", "{manifest}", "--out", "{tmp}/splits"]
 FACEQ = ["import-faceq", "{faceq}", "--out", "{tmp}/faceq.jsonl"]
 TINY = ["make-tiny", "{tmp}/tiny"]
+SERVE = ["serve", "--model", "{ckpt}", "--device", "cpu", "--port", "18000"]
 
 
 def _set(argv: list[str], flag: str, value: str) -> list[str]:
@@ -107,6 +108,14 @@ BAD = [
     # -- make-tiny
     ("tiny-out-file", _pos(TINY, 1, "{img}"), "is a file; give a folder"),
     ("tiny-seed", [*TINY, "--seed", "-1"], "--seed must be >= 0, got -1"),
+    # -- serve (only bad arguments: valid ones would start a server)
+    ("serve-model-missing", _set(SERVE, "--model", "{tmp}/no_such_ckpt"), "not a hub id like org/name"),
+    ("serve-port", _set(SERVE, "--port", "80"), "--port must be 1024..65535, got 80"),
+    ("serve-max-images", _set(SERVE, "--max-images", "0"), "--max-images must be >= 1, got 0"),
+    ("serve-max-queue", _set(SERVE, "--max-queue", "0"), "--max-queue must be >= 1, got 0"),
+    ("serve-device", _set(SERVE, "--device", "gpu"), "--device gpu: use cuda, cpu or auto"),
+    ("serve-gpus", _set(SERVE, "--gpus", "two"), "--gpus must be a number >= 1 or auto, got two"),
+    ("serve-timeout", _set(SERVE, "--timeout", "0"), "--timeout and --max-request-mb > 0"),
 ]
 
 GOOD = [

@@ -108,10 +108,13 @@ def test_utility_weight_in_feval_reward(tiny_fiqa, tiny_scorer) -> None:
     batch = batch.permute(0, 3, 1, 2).float() / 255
     fiqa = FIQAScorer.from_pretrained(tiny_fiqa, device="cpu")
     utility = fiqa.score(batch).utility
-    only = feval_reward(batch, weights={"utility": 1.0}, fiqa=fiqa, nan_reward=-1.0)
-    assert torch.allclose(only[:2], utility[:2]) and only[2] == -1.0  # no face: no utility -> nan_reward
+    only = feval_reward(batch, weights={"utility": 1.0}, fiqa=fiqa, nan_reward=-1.0, return_dict=True)
+    assert torch.allclose(only["reward"][:2], utility[:2]) and torch.allclose(only["utility"], utility, equal_nan=True)
+    assert only["reward"][2] == 0.0  # no face: the floor, as for every reward (losing the face never pays)
+    optional = feval_reward(batch, weights={"utility": 1.0}, fiqa=fiqa, nan_reward=-1.0, faces_required=False)
+    assert torch.allclose(optional[:2], utility[:2]) and optional[2] == -1.0  # faces optional: nothing scored
     both = feval_reward(batch, weights={"quality": 1.0, "utility": 3.0}, scorer=tiny_scorer, fiqa=fiqa,
-                        return_dict=True)
+                        return_dict=True, faces_required=False)
     q = both["quality"]
     assert torch.allclose(both["reward"][:2], (q[:2] + 3 * utility[:2]) / 4, atol=1e-5)
     assert both["reward"][2] == pytest.approx(float(q[2]))  # the NaN utility is left out, not counted as 0

@@ -1,5 +1,6 @@
-"""One identity rule everywhere: a faceless image or reference gives NaN identity, and the same reward, through
-the scorer, ``feval_reward``, ``DifferentiableReward`` and the ComfyUI score node."""
+"""One identity rule everywhere: a faceless image or reference gives NaN identity with its reason, and the same
+reward (the engine's ``judged_mean``: a face lost next to a reference counts 0, a faceless image gets the floor),
+through the scorer, ``feval_reward``, ``DifferentiableReward`` and the ComfyUI score node."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from feval_core import DIMENSIONS
-from feval_core.scoring.result import weighted_mean
+from feval_core.scoring.result import judged_mean
 from reward import DifferentiableReward, feval_reward
 from tests.comfy_stub import install, load_pack, node_classes
 
@@ -46,21 +47,32 @@ def test_identity_and_reward_agree_across_all_four_paths(score_node, faces, case
     ref = faces["a_moved"] if case == "faceless image" else faces["none"]
     ref_t = _bchw(ref)[0]
 
-    engine = scorer.score(images, refs=ref_t, dims=("quality", "identity")).scores
+    result = scorer.score(images, refs=ref_t, dims=("quality", "identity"))
+    engine = result.scores
     out = feval_reward(images, refs=ref_t, weights=WEIGHTS, scorer=scorer, return_dict=True)
     diff = DifferentiableReward(scorer, WEIGHTS)
     diff_scores = diff.scores(images, refs=ref_t).detach()
     diff_reward = diff(images, refs=ref_t).detach()
-    node_scores = node.execute(handle, images.permute(0, 2, 3, 1), authenticity=False, correspondence=False,
-                               reference=ref_t.permute(1, 2, 0)[None]).args[0].values
+    node_out = node.execute(handle, images.permute(0, 2, 3, 1), authenticity=False, correspondence=False,
+                            reference=ref_t.permute(1, 2, 0)[None]).args[0]
+    node_scores = node_out.values
 
     expected_nan = [False, True, False] if case == "faceless image" else [True, True, True]
-    for name, scores in (("scorer", engine), ("feval_reward", torch.stack([out[d] for d in DIMENSIONS], 1)),
-                         ("DifferentiableReward", diff_scores), ("score node", node_scores)):
+    for name, scores in (("scorer", engine), ("DifferentiableReward", diff_scores), ("score node", node_scores)):
         assert [math.isnan(float(v)) for v in scores[:, ID]] == expected_nan, name
         assert not torch.isnan(scores[:, DIMENSIONS.index("quality")]).any(), name
-    torch.testing.assert_close(out["reward"], weighted_mean(engine, WEIGHTS, empty=0.0))
-    torch.testing.assert_close(weighted_mean(node_scores, WEIGHTS, empty=0.0), out["reward"])
+    reason = "no face in the image" if case == "faceless image" else "no face in the reference"
+    assert result.missing[1]["identity"] == reason and node_out.missing[1]["identity"] == reason
+    # the reward's identity: a face lost next to a usable reference failed (0); a faceless reference is not scored
+    reward_identity = out["identity"]
+    assert [math.isnan(float(v)) for v in reward_identity] == [case != "faceless image"] * 3
+    if case == "faceless image":
+        assert float(reward_identity[1]) == 0.0
+    rule = judged_mean(engine, WEIGHTS, result.missing, result.faces, empty=0.0)
+    assert float(rule[1]) == 0.0, "a faceless image gets the floor"
+    torch.testing.assert_close(out["reward"], rule)
+    torch.testing.assert_close(judged_mean(node_scores, WEIGHTS, node_out.missing, node_out.faces, empty=0.0),
+                               out["reward"])
     # torch-only preprocessing matches the processors to ~1e-2 per pixel: the rewards agree to a fraction of a point
     torch.testing.assert_close(diff_reward, out["reward"], atol=0.5, rtol=0)
     torch.testing.assert_close(diff_scores, engine, atol=0.5, rtol=0, equal_nan=True)
@@ -77,14 +89,19 @@ def test_zero_shot_identity_agrees_with_the_face_similarity_node(score_node, tin
     images = _bchw(faces["a"], faces["none"], faces["b"])
     ref = faces["a_moved"] if case == "faceless image" else faces["none"]
     ref_t = _bchw(ref)[0]
-    engine = zero_shot.score(images, refs=ref_t, dims="identity").scores[:, ID]
+    result = zero_shot.score(images, refs=ref_t, dims="identity")
+    engine = result.scores[:, ID]
     reward = feval_reward(images, refs=ref_t, weights={"identity": 1.0}, scorer=zero_shot, nan_reward=float("nan"))
     diff = DifferentiableReward(zero_shot, {"identity": 1.0}, nan_reward=float("nan"))(images, refs=ref_t).detach()
     similarity = node_classes(load_pack())["FEvalFaceSimilarity"]
-    node_identity = similarity.execute(images.permute(0, 2, 3, 1), ref_t.permute(1, 2, 0)[None], "tiny_face",
-                                       "cpu").args[1]
+    node_out = similarity.execute(images.permute(0, 2, 3, 1), ref_t.permute(1, 2, 0)[None], "tiny_face", "cpu").args
+    node_identity = node_out[1]
     expected_nan = [False, True, False] if case == "faceless image" else [True, True, True]
-    for name, values in (("scorer", engine), ("feval_reward", reward), ("DifferentiableReward", diff),
-                         ("similarity node", torch.tensor(node_identity))):
+    for name, values in (("scorer", engine), ("similarity node", torch.tensor(node_identity))):
         assert [math.isnan(float(v)) for v in values] == expected_nan, name
         torch.testing.assert_close(values.float(), engine, atol=1e-4, rtol=0, equal_nan=True, msg=name)
+    rule = judged_mean(result.scores, {"identity": 1.0}, result.missing, result.faces)
+    assert float(rule[1]) == 0.0, "the faceless image: floor"
+    assert node_out[2].missing == result.missing
+    for name, values in (("feval_reward", reward), ("DifferentiableReward", diff)):
+        torch.testing.assert_close(values.float(), rule, atol=1e-4, rtol=0, equal_nan=True, msg=name)

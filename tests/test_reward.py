@@ -15,6 +15,7 @@ from PIL import Image
 from feval_core import DIMENSIONS
 from reward import (
     MODEL_ENV,
+    ReasonLog,
     ddpo_prompt_fn,
     ddpo_reward,
     feval_reward,
@@ -25,6 +26,7 @@ from reward import (
 )
 
 NAN = float("nan")
+ID = DIMENSIONS.index("identity")
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +87,18 @@ def test_reward_is_weighted_mean_of_scores(tiny_scorer, batch, faces):
     assert r.dtype == torch.float32 and r.shape == (3,)
     scores = tiny_scorer.score(batch, prompts=["a woman", None, "a man"], refs=faces["a_moved"]).scores
     assert math.isnan(float(scores[1, 3])), "no prompt -> no correspondence"
-    assert r.tolist() == pytest.approx(_manual(scores, w), abs=1e-4)
+    assert math.isnan(float(scores[2, ID])), "the scorer itself leaves identity n/a without a face"
+    expected = _manual(scores, w)
+    expected[2] = 0.0  # the third image has no face: the floor of the reward
+    assert r.tolist() == pytest.approx(expected, abs=1e-4)
+    judged = scores.clone()
+    judged[2, ID] = 0.0  # a reference was given and the face is gone: identity failed, 0 (not left out)
     for j, d in enumerate(DIMENSIONS):
-        torch.testing.assert_close(out[d], scores[:, j], equal_nan=True, atol=1e-4, rtol=0)
-    assert out["result"].faces == [1, 1, 0]
+        torch.testing.assert_close(out[d], judged[:, j], equal_nan=True, atol=1e-4, rtol=0)
+    assert out["result"].faces == [1, 1, 0] and out["missing"][2]["identity"] == "no face in the image"
+    optional = feval_reward(batch, ["a woman", None, "a man"], refs=faces["a_moved"], weights=w, scorer=tiny_scorer,
+                            faces_required=False)
+    assert optional.tolist() == pytest.approx(_manual(judged, w), abs=1e-4)
 
 
 def test_only_weighted_dimensions_are_scored(tiny_scorer, batch):
@@ -96,17 +106,26 @@ def test_only_weighted_dimensions_are_scored(tiny_scorer, batch):
     assert not torch.isnan(out["quality"]).any()
     for d in ("authenticity", "identity", "correspondence"):
         assert torch.isnan(out[d]).all()
-    torch.testing.assert_close(out["reward"], out["quality"])
+        assert {m[d] for m in out["missing"]} == {"not asked"}
+    torch.testing.assert_close(out["reward"][:2], out["quality"][:2])
+    assert float(out["reward"][2]) == 0.0 and out["faceless"] == [False, False, True]
+    optional = feval_reward(batch, "a woman", weights={"quality": 1}, scorer=tiny_scorer, faces_required=False)
+    torch.testing.assert_close(optional, out["quality"])
 
 
 def test_image_with_no_weighted_score_gets_nan_reward_and_a_warning(tiny_scorer, batch, caplog):
     w = {"identity": 1.0}  # no reference given: identity cannot be scored for any image
     with caplog.at_level(logging.WARNING, logger="reward.core"):
-        r = feval_reward(batch, "a woman", weights=w, scorer=tiny_scorer)
+        r = feval_reward(batch, "a woman", weights=w, scorer=tiny_scorer, reason_log=ReasonLog())
     assert r.tolist() == [0.0, 0.0, 0.0]
-    assert "nan_reward=0.0" in caplog.text and "3 of 3" in caplog.text
-    assert torch.isnan(feval_reward(batch, "a woman", weights=w, scorer=tiny_scorer, nan_reward=NAN)).all()
-    assert feval_reward(batch, "a woman", weights=w, scorer=tiny_scorer, nan_reward=-5.0).tolist() == [-5.0] * 3
+    assert "2 of 3 images: no weighted dimension (identity) could be scored: reward = nan_reward=0.0" in caplog.text
+    assert "3 of 3 images: identity not scored (no reference): left out of the mean" in caplog.text
+    assert "1 of 3 images: no face in the image: reward = floor 0.0" in caplog.text
+    r = feval_reward(batch, "a woman", weights=w, scorer=tiny_scorer, nan_reward=NAN)
+    assert torch.isnan(r[:2]).all() and float(r[2]) == 0.0, "the faceless image gets the floor, not nan_reward"
+    assert feval_reward(batch, "a woman", weights=w, scorer=tiny_scorer, nan_reward=-5.0).tolist() == [-5.0, -5.0, 0.0]
+    r = feval_reward(batch, "a woman", weights=w, scorer=tiny_scorer, nan_reward=NAN, faces_required=False)
+    assert torch.isnan(r).all(), "no reference: identity is not asked for, the faceless image is not punished for it"
 
 
 def test_unreadable_image_gets_nan_reward_the_rest_still_score(tiny_scorer, faces, tmp_path):
@@ -192,18 +211,21 @@ def test_flow_grpo_reward_shape_scale_and_refs(tiny_scorer, batch, faces):
     fn = flow_grpo_reward(tiny_scorer, w)
     prompts = ["a woman", "a man", "a cat"]
     scores, meta = fn(batch, prompts, [{}, {}, {}], only_strict=True)
-    assert meta == {} and set(scores) == {"quality", "identity", "avg"}
+    assert set(meta) == {"faces", "warnings", "missing"} and meta["faces"] == [1, 1, 0]
+    assert meta["missing"] == [{"identity": "no reference"}] * 3
+    assert set(scores) == {"quality", "identity", "avg"}
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (3,) for v in scores.values())
-    assert np.isnan(scores["identity"]).all(), "no reference anywhere -> identity NaN"
-    np.testing.assert_allclose(scores["avg"], scores["quality"], atol=1e-6)
+    assert (scores["identity"] == 0).all(), "no reference anywhere: identity applies to none, filled with 0 (not NaN)"
+    np.testing.assert_allclose(scores["avg"][:2], scores["quality"][:2], atol=1e-6)
+    assert scores["avg"][2] == 0.0, "no face: the floor"
     expected = feval_reward(batch, prompts, refs=faces["a"], weights=w, scorer=tiny_scorer).numpy() / 100
     via_arg, _ = fn(batch, prompts, [{}, {}, {}], ref_images=faces["a"])
     via_meta, _ = fn(batch, prompts, [{"ref": faces["a"]}] * 3)
     np.testing.assert_allclose(via_arg["avg"], expected, atol=1e-6)
     np.testing.assert_allclose(via_meta["avg"], expected, atol=1e-6)
     assert np.isfinite(via_arg["identity"][:2]).all()
-    assert np.isnan(via_arg["identity"][2]), "the third image has no face: identity n/a"
-    np.testing.assert_allclose(via_arg["avg"][2], via_arg["quality"][2], atol=1e-6)  # NaN left out of the mean
+    assert via_arg["identity"][2] == 0.0, "the third image lost the face next to a reference: identity 0"
+    assert via_arg["avg"][2] == 0.0
 
 
 # -- DDPO (the trainer itself runs in test_reward_pipelines.py) -----------------------------------

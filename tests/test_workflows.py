@@ -162,10 +162,47 @@ def validate(graph: dict, disk: dict) -> dict[str, list[dict]]:
     return validate_prompt(prompt, disk["classes"], disk["specs"], user_files(named))
 
 
+OWN_MODEL_NODES = {"FEvalFaceUtility", "FEvalFaceQuickCheck", "FEvalScoreFaceVideo"}
+"""Nodes with no hub or zero-shot fallback: the user picks a model of their own, so a graph saved with "(none)" is
+refused before a run with the fix (custom_validation_failed), never with ComfyUI's bare value_not_in_list."""
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_passes_comfyui_validation_on_every_disk(path: Path, disk: dict) -> None:
-    errors = validate(json.loads(path.read_text()), disk)
+    graph = json.loads(path.read_text())
+    errors = validate(graph, disk)
+    own = {str(n["id"]) for n in graph["nodes"] if n["type"] in OWN_MODEL_NODES}
+    for node_id in own & set(errors):
+        assert [e["type"] for e in errors.pop(node_id)] == ["custom_validation_failed"]
     assert not errors, f"{path.name} on disk '{disk['name']}': {errors}"
+
+
+def test_a_face_utility_graph_is_valid_once_its_model_is_there(tmp_path: Path, specs: dict[str, dict]) -> None:
+    """The reference-photo graph names no models ("(none)"): refused with where to put them; with a ViT-FIQA and a
+    pre-filter folder in models/feval and chosen, the whole graph passes; a name that leaves the models folder is
+    refused."""
+    path = PACK_ROOT / "workflows" / "feval_reference_photo_check.json"
+    graph = json.loads(path.read_text())
+    utility = next(n for n in graph["nodes"] if n["type"] == "FEvalFaceUtility")
+    quick = next(n for n in graph["nodes"] if n["type"] == "FEvalFaceQuickCheck")
+    make_disk(tmp_path, [], [], ["buffalo_l"])
+    for folder, config in (("vit-fiqa", "fiqa_config.json"), ("quick", "prefilter_config.json")):
+        (tmp_path / "models" / "feval" / folder).mkdir(parents=True)
+        (tmp_path / "models" / "feval" / folder / config).write_text("{}")
+    install(tmp_path)
+    classes = node_classes(load_pack())
+    disk = {"classes": classes, "specs": {**specs, **{k: widget_spec(c) for k, c in classes.items()}}}
+    errors = validate(graph, disk)
+    assert sorted(errors) == sorted([str(utility["id"]), str(quick["id"])])
+    assert "no ViT-FIQA model selected" in errors[str(utility["id"])][0]["details"]
+    assert "no landmark pre-filter selected" in errors[str(quick["id"])][0]["details"]
+    utility["widgets_values"][0], quick["widgets_values"][0] = "vit-fiqa", "quick"
+    assert not validate(graph, disk)
+    quick["widgets_values"][0] = "vit-fiqa"  # a folder without the pre-filter's files
+    assert list(validate(graph, disk)) == [str(quick["id"])]
+    quick["widgets_values"][0] = "quick"
+    utility["widgets_values"][0] = "../feval/vit-fiqa"
+    assert "not a path" in validate(graph, disk)[str(utility["id"])][0]["details"]
 
 
 def test_the_validator_refuses_what_comfyui_refuses(disk: dict) -> None:
@@ -216,3 +253,19 @@ def test_a_graph_saved_from_the_loader_stays_valid(source: str, disk: dict, tmp_
         errors = validate_prompt(prompt, here["classes"], here["specs"])
         usable = SOURCES[source] or saved_ckpt in DISKS[other][0] + DISKS[other][1]
         assert not errors if usable else errors, (source, disk["name"], other, errors)
+
+
+def test_the_face_video_graph_is_valid_once_its_checkpoint_is_there(tmp_path: Path, specs: dict[str, dict]) -> None:
+    graph = json.loads((PACK_ROOT / "workflows" / "feval_face_video_check.json").read_text())
+    video = next(n for n in graph["nodes"] if n["type"] == "FEvalScoreFaceVideo")
+    make_disk(tmp_path, ["tiny"], [], ["buffalo_l"])
+    (tmp_path / "models" / "feval" / "fvq").mkdir(parents=True)
+    (tmp_path / "models" / "feval" / "fvq" / "video_config.json").write_text("{}")
+    install(tmp_path)
+    classes = node_classes(load_pack())
+    disk = {"classes": classes, "specs": {**specs, **{k: widget_spec(c) for k, c in classes.items()}}}
+    assert "no video checkpoint selected" in validate(graph, disk)[str(video["id"])][0]["details"]
+    video["widgets_values"][0] = "tiny"  # an image checkpoint is not a video checkpoint
+    assert list(validate(graph, disk)) == [str(video["id"])]
+    video["widgets_values"][0] = "fvq"
+    assert not validate(graph, disk)

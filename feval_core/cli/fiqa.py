@@ -1,4 +1,5 @@
-"""``feval fiqa train|eval|import``: ViT-FIQA face image quality for recognition (``utility``, EDC evaluation).
+"""``feval fiqa train|eval|import``: ViT-FIQA face image quality for recognition (``utility``, EDC evaluation);
+``label``, ``synth`` and ``prefilter`` live in :mod:`.fiqa_mr`.
 
 ::
 
@@ -29,6 +30,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     _add_train(fsub)
     _add_eval(fsub)
     _add_import(fsub)
+    from .fiqa_mr import add_mr_parsers
+
+    add_mr_parsers(fsub)
     return p
 
 
@@ -102,6 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"feval fiqa train: {exc}") from exc
     check_folder("--data", cfg.data, "one sub-folder of images per identity")
     check_folder("--init", cfg.init, "fiqa_config.json and model.safetensors")
+    check_file("--labels", cfg.labels)
     check_folder("--face-root", cfg.face_root, "models/<pack>")
     check_out_folder("--out", cfg.out)
     from ..fiqa.train import train_fiqa

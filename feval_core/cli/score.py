@@ -57,6 +57,10 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="threads that decode images and detect faces ahead of the model "
                    "(default: up to 4; 0: none)")
     p.add_argument("--fps", type=float, help="frame rate of frame folders (video checkpoints; default 25)")
+    p.add_argument("--prefilter", type=float, metavar="T", help="skip the LMM for faces whose landmark pre-filter "
+                   "score is under T (their rows say so); needs --prefilter-model")
+    p.add_argument("--prefilter-model", metavar="DIR", help="landmark pre-filter folder (`feval fiqa prefilter "
+                   "train`); adds 'prefilter' to each row")
     p.set_defaults(func=cmd_score)
     return p
 
@@ -81,6 +85,9 @@ def check_score_args(args: argparse.Namespace) -> None:
         raise UsageError("under accelerate launch, feval score needs --out: the processes write their rows to "
                          "part files that are merged into it")
     check_image_folders(args.inputs, args.recursive)
+    if args.prefilter is not None and args.prefilter_model is None:
+        raise UsageError("--prefilter T needs --prefilter-model DIR (a folder from `feval fiqa prefilter train`)")
+    check_folder("--prefilter-model", args.prefilter_model, "prefilter_config.json and forest.onnx")
 
 
 def check_fiqa_only(args: argparse.Namespace) -> None:
@@ -134,6 +141,10 @@ def cmd_score(args: argparse.Namespace) -> int:
                     sys.stdout.write(json_line(r))
                 sys.stdout.flush()
 
+        if args.prefilter_model:
+            from .fiqa_mr import apply_prefilter
+
+            todo, emit = apply_prefilter(args, todo, emit)
         _score_items(args, todo, emit, args.device)
     if writer is not None:
         writer.close()

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FaceModelError, ImageInputError
+from ..inputs.prefetch import default_workers
 from .identity import cosine
 
 __all__ = [
@@ -148,8 +149,15 @@ class FaceEncoder:
 
     ``pack`` is a folder name under ``<root>/models/`` (or an absolute folder path); ``root`` defaults to
     ``$FEVAL_FACE_ROOT``, else ``~/.insightface``. ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    ``analyze`` may be called from several threads: calls are serialised by a lock, because insightface's
-    detector caches anchors and builds per-resolution sessions lazily.
+
+    ``analyze`` may be called from several threads, and up to ``sessions`` of them detect at the same time:
+    each holds its own copy of the pack's ONNX Runtime sessions while it works (copies are loaded when a
+    thread first finds none free; insightface's detector caches anchors, so a copy is never shared by two
+    threads at once). ``sessions`` defaults to the prefetch workers' default (up to 4, at most the CPU
+    cores); ``threads`` is each copy's intra-op thread count, by default the CPU cores divided among the
+    copies (on the CPU; ONNX Runtime's own default with CUDA). Each copy holds the pack's weights once more
+    in memory (~180 MB for ``buffalo_l``). ``FEvalScorer`` raises ``sessions`` to its worker count
+    (:meth:`allow_sessions`).
     """
 
     def __init__(
@@ -159,6 +167,9 @@ class FaceEncoder:
         device: str = "cpu",
         det_size: tuple[int, int] = (640, 640),
         det_thresh: float = 0.5,
+        *,
+        sessions: int | None = None,
+        threads: int | None = None,
     ) -> None:
         if len(det_size) != 2 or any(int(v) != v or v <= 0 or v % 32 for v in det_size):
             raise ValueError(f"det_size must be (width, height), positive multiples of 32; got {det_size}")
@@ -170,11 +181,69 @@ class FaceEncoder:
         self.pack_dir = given if given.is_absolute() else self.root / "models" / pack
         self.det_size = (int(det_size[0]), int(det_size[1]))
         self.det_thresh = float(det_thresh)
+        if sessions is not None and (int(sessions) != sessions or sessions < 1):
+            raise ValueError(f"sessions must be a positive integer (threads that may detect at once); got {sessions}")
+        if threads is not None and (int(threads) != threads or threads < 1):
+            raise ValueError(f"threads must be a positive integer (ONNX Runtime threads per session); got {threads}")
         _check_pack(pack, self.pack_dir)
-        self.providers, ctx_id = select_providers(device)
-        self._app = self._load(ctx_id)
-        self._lock = threading.Lock()
-        logger.info("loaded insightface pack %s with %s", self.pack_dir, self.providers)
+        # insightface 2.1 calls a scikit-image API that warns about its own deprecation on every face. A filter
+        # set once (``catch_warnings`` is not thread-safe, and threads detect at the same time now)
+        warnings.filterwarnings("ignore", message=".*`estimate` is deprecated", category=FutureWarning)
+        self.providers, self._ctx_id = select_providers(device)
+        self.sessions = int(sessions) if sessions is not None else default_workers()
+        on_cpu = self._ctx_id < 0
+        self._fixed_threads = threads is not None
+        self.threads = int(threads) if threads else (max(1, (os.cpu_count() or 1) // self.sessions) if on_cpu else 0)
+        self._free = [self._load(self._ctx_id)]  # loaded now: a broken pack fails here, not in a worker thread
+        self._created = 1
+        self._pool = threading.Condition()
+        logger.info("loaded insightface pack %s with %s (up to %d sessions, %s threads each)", self.pack_dir,
+                    self.providers, self.sessions, self.threads or "default")
+
+    def _session_options(self) -> Any:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads  # 0: ONNX Runtime's default (all cores)
+        options.inter_op_num_threads = 1
+        return options
+
+    def _acquire(self) -> Any:
+        """A loaded copy of the pack for this thread alone (loads one more when none is free and fewer than
+        ``sessions`` exist; otherwise waits for one)."""
+        with self._pool:
+            while not self._free and self._created >= self.sessions:
+                self._pool.wait()
+            if self._free:
+                return self._free.pop()
+            self._created += 1
+        try:
+            return self._load(self._ctx_id)
+        except BaseException:
+            with self._pool:
+                self._created -= 1
+                self._pool.notify()
+            raise
+
+    def _release(self, app: Any) -> None:
+        with self._pool:
+            self._free.append(app)
+            self._pool.notify()
+
+    def allow_sessions(self, count: int) -> None:
+        """Let up to ``count`` threads detect at the same time (never lowers the limit; copies already loaded keep
+        their threads, new ones get the cores divided by the new limit on the CPU)."""
+        with self._pool:
+            if count > self.sessions:
+                self.sessions = int(count)
+                if self._ctx_id < 0 and not self._fixed_threads:
+                    self.threads = max(1, (os.cpu_count() or 1) // self.sessions)
+                self._pool.notify_all()
+
+    @property
+    def loaded_sessions(self) -> int:
+        """How many copies of the pack's sessions exist now (at most :attr:`sessions`)."""
+        return self._created
 
     def _load(self, ctx_id: int) -> Any:
         from insightface.app import FaceAnalysis
@@ -186,6 +255,7 @@ class FaceEncoder:
                 root=str(self.root),
                 allowed_modules=["detection", "recognition"],
                 providers=self.providers,
+                sess_options=self._session_options(),
             )
             app.prepare(ctx_id=ctx_id, det_thresh=self.det_thresh, det_size=self.det_size)
         except Exception as err:  # insightface raises AssertionError, onnxruntime its own errors
@@ -207,7 +277,11 @@ class FaceEncoder:
     @property
     def embedding_dim(self) -> int:
         """Length of the identity embedding (512 for ArcFace packs)."""
-        dim = self._app.models["recognition"].output_shape[-1]
+        app = self._acquire()
+        try:
+            dim = app.models["recognition"].output_shape[-1]
+        finally:
+            self._release(app)
         return int(dim) if isinstance(dim, int) else 512
 
     def analyze(self, image: Image.Image | np.ndarray) -> FaceInfo:
@@ -218,15 +292,16 @@ class FaceEncoder:
         if _thinner_than_a_pixel(rgb.shape[0], rgb.shape[1], self.det_size):
             return FaceInfo.empty()  # e.g. 4000x1: no face fits, and the detector's resize would fail
         bgr = np.ascontiguousarray(rgb[..., ::-1])  # insightface works in OpenCV's BGR order
-        with self._lock, warnings.catch_warnings():
-            # insightface 2.1 calls a scikit-image API that warns about its own deprecation on every face
-            warnings.filterwarnings("ignore", message=".*`estimate` is deprecated", category=FutureWarning)
-            faces = self._app.get(bgr)
-            if not faces:
-                return FaceInfo.empty()
-            main = max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
-            kps = np.asarray(main.kps, dtype=np.float32)
-            crop = face_align.norm_crop(bgr, landmark=kps, image_size=CROP_SIZE)[..., ::-1]
+        app = self._acquire()
+        try:
+            faces = app.get(bgr)
+        finally:
+            self._release(app)
+        if not faces:
+            return FaceInfo.empty()
+        main = max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
+        kps = np.asarray(main.kps, dtype=np.float32)
+        crop = face_align.norm_crop(bgr, landmark=kps, image_size=CROP_SIZE)[..., ::-1]
         embedding = np.asarray(main.embedding, dtype=np.float32).ravel()
         norm = float(np.linalg.norm(embedding))
         embedding = embedding / max(norm, 1e-12)
@@ -239,6 +314,22 @@ class FaceEncoder:
             crop=np.ascontiguousarray(crop),
             embedding_norm=norm,
         )
+
+    def detect(self, image: Image.Image | np.ndarray) -> list[Any]:
+        """Detection only (no recognizer): insightface ``Face`` objects with ``bbox``, ``kps`` and ``det_score``."""
+        from insightface.app.common import Face
+
+        rgb = _to_rgb_uint8(image)
+        if _thinner_than_a_pixel(rgb.shape[0], rgb.shape[1], self.det_size):
+            return []
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        app = self._acquire()
+        try:
+            boxes, kpss = app.det_model.detect(bgr, max_num=0, metric="default")
+        finally:
+            self._release(app)
+        return [Face(bbox=boxes[i, :4], kps=None if kpss is None else kpss[i], det_score=float(boxes[i, 4]))
+                for i in range(boxes.shape[0])]
 
     def analyze_many(self, images: Iterable[Image.Image | np.ndarray]) -> list[FaceInfo]:
         """``analyze`` for each image, in order."""

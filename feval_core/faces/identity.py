@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from ..dimensions import NO_FACE, NO_FACE_IN_REFERENCE
+from ..dimensions import NO_FACE_MODEL as NO_FACE_MODEL_CODE
+
 NO_FACE_MODEL = "identity needs the insightface model pack; none is loaded"
 NO_FACE_IN_IMAGE = "no face detected in the image"
 
@@ -34,13 +37,27 @@ def identity_blocker(has_face_model: bool, info: Any, ref_info: Any) -> str | No
     ``info`` / ``ref_info``: the :class:`~feval_core.faces.encoder.FaceInfo` of the image and of the reference
     (None when nothing was analysed).
     """
+    return _blocked(has_face_model, info, ref_info)[1]
+
+
+def identity_missing(has_face_model: bool, info: Any, ref_info: Any) -> str | None:
+    """The reason code (:data:`feval_core.dimensions.MISSING_REASONS`) behind :func:`identity_blocker`, or None.
+
+    A reference without a face is the caller's input problem (:data:`~feval_core.dimensions.NO_FACE_IN_REFERENCE`)
+    even when the image has none either; an image without a face next to a usable reference is the generator's
+    failure (:data:`~feval_core.dimensions.NO_FACE`)."""
+    return _blocked(has_face_model, info, ref_info)[0]
+
+
+def _blocked(has_face_model: bool, info: Any, ref_info: Any) -> tuple[str | None, str | None]:
     if not has_face_model:
-        return NO_FACE_MODEL
+        return NO_FACE_MODEL_CODE, NO_FACE_MODEL
     missing = [what for what, fi in (("image", info), ("reference image", ref_info))
                if fi is None or not fi.has_face or fi.embedding is None]
     if missing:
-        return f"no face detected in the {' and the '.join(missing)}; identity not scored"
-    return None
+        code = NO_FACE_IN_REFERENCE if "reference image" in missing else NO_FACE
+        return code, f"no face detected in the {' and the '.join(missing)}; identity not scored"
+    return None, None
 
 
 def face_notes(notes: list[str]) -> list[str]:

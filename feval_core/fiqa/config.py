@@ -64,8 +64,9 @@ class FIQAConfig:
                 "recognizer's embeddings exactly those of the plain ViT"})
     utility_quantiles: list[float] | None = field(default=None, metadata={
         "help": f"{QUANTILES} raw qualities at the 0..100th percentiles of the training faces (utility = percentile)"})
-    label: str = field(default="cr", metadata={"help": "what the quality head learned: 'cr' (certainty ratio) or "
-                                                      "'none' (imported recognizer, untrained head)"})
+    label: str = field(default="cr", metadata={"help": "what the quality head learned: 'cr' (certainty ratio), "
+                                                      "'labels' (given labels / 100, e.g. MR-FIQA's) or 'none' "
+                                                      "(imported recognizer, untrained head)"})
     face: FaceEncoderConfig = field(default_factory=FaceEncoderConfig)
     source: str = field(default="", metadata={"help": "where the recognizer weights came from (free text)"})
     version: int = FIQA_FORMAT_VERSION
@@ -86,8 +87,8 @@ class FIQAConfig:
         if self.norm_layer not in NORM_LAYERS:
             raise ConfigError(f"norm_layer must be one of {NORM_LAYERS} (arcface_torch's 'bn' ViTs are not "
                               f"supported), got {self.norm_layer!r}")
-        if self.label not in ("cr", "none"):
-            raise ConfigError(f"label must be 'cr' or 'none', got {self.label!r}")
+        if self.label not in ("cr", "none", "labels"):
+            raise ConfigError(f"label must be 'cr', 'labels' or 'none', got {self.label!r}")
         for flag in ("qkv_bias", "patches_see_quality"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..dimensions import DIMENSIONS, IMAGE_ERROR, NOT_ASKED
 from ..errors import FaceModelError
+from ..scoring.result import ScoreResult
 from .config import FIQAConfig
 from .labels import utility_from_raw
 from .vit import ViTFIQA, crops_to_tensor
@@ -41,6 +43,15 @@ class FIQAResult:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def as_score_result(self) -> ScoreResult:
+        """These images as an F-Eval :class:`ScoreResult` with no dimension asked for (for totals that weigh
+        utility alone under the one rule of :func:`~feval_core.scoring.result.judged_mean`)."""
+        n = len(self)
+        missing = [dict.fromkeys(DIMENSIONS, IMAGE_ERROR if self.errors[i] else NOT_ASKED) for i in range(n)]
+        return ScoreResult(torch.full((n, len(DIMENSIONS)), math.nan), list(self.names), list(self.faces),
+                           list(self.errors), [list(w) for w in self.warnings] if self.warnings else [[]] * n,
+                           missing=missing)
 
     def to_records(self) -> list[dict[str, Any]]:
         """One JSON-ready dict per image: ``{"image", "utility", "faces", "error"[, "warnings"]}``."""

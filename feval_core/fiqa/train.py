@@ -58,12 +58,18 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model, self.head, self.alpha = model, head, alpha
 
-    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor,
+                targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``targets``: given quality labels / 100 (NaN = none) in place of the CR label."""
         embedding, quality = self.model(pixels)
         logits, cos = self.head(embedding, labels)
         ident = F.cross_entropy(logits, labels)
         cr = certainty_ratio(cos, labels)
-        qual = F.smooth_l1_loss(quality.float(), cr)
+        if targets is None:
+            qual = F.smooth_l1_loss(quality.float(), cr)
+        else:
+            has = torch.isfinite(targets)
+            qual = F.smooth_l1_loss(quality.float()[has], targets[has]) if has.any() else quality.sum() * 0
         acc = (cos.detach().argmax(1) == labels).float().mean()
         return {"loss": ident + self.alpha * qual, "id": ident.detach(), "quality": qual.detach(),
                 "cr": cr.mean(), "acc": acc}
@@ -138,6 +144,23 @@ def prepare_faces(cfg: FIQATrainConfig, out: Path, acc: Any) -> tuple[AlignedFac
     return faces, np.array([lookup[s.identity] for s in faces.samples], np.int64), names
 
 
+def given_targets(cfg: FIQATrainConfig, faces: AlignedFaces) -> torch.Tensor | None:
+    """``--labels`` / 100 per aligned face (NaN where an image has no label); None without ``--labels``."""
+    if cfg.labels is None:
+        return None
+    from .mrlabels import read_labels
+
+    table = read_labels(cfg.labels, cfg.label_key)
+    values = [table.get(str(Path(s.path).resolve()), float("nan")) / 100.0 for s in faces.samples]
+    found = sum(1 for v in values if v == v)
+    if not found:
+        raise ConfigError(f"--labels {cfg.labels}: none of its images is among the {len(values)} training faces; "
+                          "label the same folder (`feval fiqa label`)")
+    logger.info("quality head learns %s from %s (%d of %d faces labelled)", cfg.label_key, cfg.labels, found,
+                len(values))
+    return torch.tensor(values, dtype=torch.float32)
+
+
 def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
     """Linear warm-up, then arcface_torch's polynomial decay (power 2) to 0."""
     warm = int(total * warmup_fraction)
@@ -188,6 +211,7 @@ class _Run:
         cfg, acc = self.cfg, self.acc
         self.faces, labels, names = prepare_faces(cfg, self.out, acc)
         self.crops = torch.from_numpy(self.faces.crops)
+        self.targets = given_targets(cfg, self.faces)
         model, head = build_model(cfg, len(names))
         step = TrainStep(model, head, cfg.alpha)
         params = [p for p in step.parameters() if p.requires_grad]
@@ -255,8 +279,9 @@ class _Run:
             pixels[flip.to(pixels.device)] = pixels[flip.to(pixels.device)].flip(-1)
         for g in self.optimizer.param_groups:
             g["lr"] = cfg.lr * lr_factor(self.step, self.total, cfg.warmup_fraction)
+        targets = None if self.targets is None else self.targets[index.cpu()].to(acc.device)
         with acc.autocast():
-            losses = self.module(pixels, labels.to(acc.device))
+            losses = self.module(pixels, labels.to(acc.device), targets)
         acc.backward(losses["loss"])
         if cfg.max_grad_norm:
             acc.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], cfg.max_grad_norm)
@@ -287,6 +312,8 @@ class _Run:
                 for start in range(0, len(self.crops), 256):
                     raw.append(model(crops_to_tensor(self.crops[start:start + 256], self.acc.device))[1].float().cpu())
             model.config.utility_quantiles = quantile_table(torch.cat(raw).numpy())
+            if self.targets is not None:
+                model.config.label = "labels"
             model.save_pretrained(self.out)
             logger.info("wrote ViT-FIQA to %s (utility calibrated on %d training faces)", self.out, len(self.crops))
         self.acc.wait_for_everyone()

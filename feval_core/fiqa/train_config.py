@@ -38,6 +38,10 @@ class FIQATrainConfig:
     margin: str = field(default="arcface", metadata={"help": "identity loss: arcface (m=0.5) or cosface (m=0.35)"})
     margin_value: float | None = field(default=None, metadata={"help": "the margin m (default per --margin)"})
     scale: float = field(default=64.0, metadata={"help": "logit scale s of the margin softmax"})
+    labels: str | None = field(default=None, metadata={
+        "help": "JSON Lines of quality labels on 0-100 per image (e.g. `feval fiqa label`): the quality head learns "
+                "them instead of the CR label; images without one add no quality loss"})
+    label_key: str = field(default="mr_label", metadata={"help": "the column of --labels to learn"})
     alpha: float = field(default=10.0, metadata={"help": "weight of the quality loss (SmoothL1 to the CR label)"})
     freeze_recognizer: bool = field(default=False, metadata={
         "help": "train only the quality token, quality head and class centres (needs --init)"})

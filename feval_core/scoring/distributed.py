@@ -195,7 +195,9 @@ class ShardedRun:
             added, missing = merge_parts(self.out, names)
             logger.info("merged %d rows from %d processes into %s", added, self.world, self.out)
             if missing:
+                machines = self.world > int(os.environ.get("LOCAL_WORLD_SIZE", self.world))  # set by torchrun
+                shared = "; on several machines, --out must be on a filesystem all of them see" if machines else ""
                 logger.error("%d inputs have no row in any part file (first: %s); re-run the same command to "
-                             "score them", len(missing), missing[0])
+                             "score them%s", len(missing), missing[0], shared)
         self.state.wait_for_everyone()
         return missing

@@ -22,9 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from ..dimensions import DIM_INDEX, DIMENSIONS, EVAL_PROMPTS, NEEDS_PROMPT, NEEDS_REF, unmet_need
+from ..dimensions import (
+    DIM_INDEX,
+    DIMENSIONS,
+    EVAL_PROMPTS,
+    LQ_UNUSABLE,
+    NEEDS_PROMPT,
+    NEEDS_REF,
+    NO_PROMPT,
+    NO_REFERENCE,
+    REFERENCE_UNUSABLE,
+    unmet_need,
+)
 from ..errors import ImageInputError
-from ..faces.identity import identity_blocker, zero_shot_identity
+from ..faces.identity import identity_blocker, identity_missing, zero_shot_identity
 from ..inputs.images import broadcast, load_image, pad_to_aspect
 
 MAX_PROMPT_TOKENS = 256
@@ -147,16 +158,20 @@ def plan_questions(dims: Sequence[str], prompts: Sequence[Any], refs: Sequence[A
                    indices: Sequence[int], tokenizer: Any, has_face_model: bool, trained: bool,
                    references: References, warnings: list[list[str]], experts: dict[str, str] | None = None,
                    asked: Sequence[Asked] = (), lqs: Sequence[Any] | None = None,
-                   lq_images: References | None = None) -> list[Question]:
+                   lq_images: References | None = None, missing: list[dict[str, str]] | None = None
+                   ) -> list[Question]:
     """The questions of images ``indices`` (positions into ``prompts``, ``refs``, ``infos``, ``warnings`` and
     ``lqs``): each of ``dims`` (answered by ``experts[d]``, default ``d`` itself), then each ``asked`` question, in
     image order. Reasons for NaN go to ``warnings[i]``. A row needs what its question's dimension and its expert
     need (a prompt, a reference). A quality row of an image with a low-quality input (``lqs[i]``, a restoration)
-    shows that input too; an unusable one makes quality NaN with the reason."""
+    shows that input too; an unusable one makes quality NaN with the reason. ``missing[i]`` (when given) receives
+    ``{dimension: reason code}`` for each named dimension left unasked (:data:`~feval_core.dimensions.
+    MISSING_REASONS`)."""
     wanted = [(experts.get(d, d) if experts else d, DIM_INDEX[d], None, None) for d in dims]
     wanted += [(a.dim, None, a.row_text, k) for k, a in enumerate(asked)]
     out: list[Question] = []
     for i in indices:
+        why = missing[i] if missing is not None else {}
         prompt: list[str | None] = []  # cleaned once per image, when a row needs it
         for expert, column, text, answer in wanted:
             needs = {expert} if column is None else {expert, DIMENSIONS[column]}
@@ -166,17 +181,19 @@ def plan_questions(dims: Sequence[str], prompts: Sequence[Any], refs: Sequence[A
                     prompt.append(clean_prompt(prompts[i], tokenizer, warnings[i]))
                 if prompt[0] is None:  # no prompt, no correspondence
                     _unanswered(q, asked, warnings[i], has_prompt=False, has_ref=True)
+                    _why(why, q, NO_PROMPT)
                     continue
                 q.prompt = prompt[0]
             if column is not None and DIMENSIONS[column] != expert:  # routed elsewhere: still this dimension's question
                 q.text = EVAL_PROMPTS[DIMENSIONS[column]].format(prompt=q.prompt or "")
             if needs & NEEDS_REF and not _plan_identity(q, refs[i], infos[i], has_face_model, trained, references,
-                                                        warnings[i], asked):
+                                                        warnings[i], asked, why):
                 continue
             if "quality" in needs and lqs is not None and lqs[i] is not None and lq_images is not None:
                 q.lq = lq_images.get(lqs[i])
                 if q.lq.error:
                     warnings[i].append(q.lq.error.replace("reference", "low-quality input", 1))
+                    _why(why, q, LQ_UNUSABLE)
                     continue
             out.append(q)
     return out
@@ -189,16 +206,25 @@ def _unanswered(q: Question, asked: Sequence[Asked], warns: list[str], *, has_pr
         warns.append(f"question {asked[q.answer].text!r} went to the {q.dim} expert, which {need}")
 
 
+def _why(why: dict[str, str], q: Question, reason: str) -> None:
+    """Record why a named dimension's question is not asked (the first reason wins)."""
+    if q.column is not None:
+        why.setdefault(DIMENSIONS[q.column], reason)
+
+
 def _plan_identity(q: Question, ref: Any, info: Any, has_face_model: bool, trained: bool, references: References,
-                   warns: list[str], asked: Sequence[Asked] = ()) -> bool:
+                   warns: list[str], asked: Sequence[Asked] = (), why: dict[str, str] | None = None) -> bool:
     """Fill in an identity question's reference (and zero-shot value); False when identity is not applicable."""
+    why = why if why is not None else {}
     if ref is None:
         _unanswered(q, asked, warns, has_prompt=True, has_ref=False)
+        _why(why, q, NO_REFERENCE)
         return False
     q.ref = references.get(ref)
     blocked = q.ref.error or identity_blocker(has_face_model, info, q.ref.info)
     if blocked:
         warns.append(blocked)
+        _why(why, q, REFERENCE_UNUSABLE if q.ref.error else identity_missing(has_face_model, info, q.ref.info))
         return False
     if not trained and q.dim == "identity":
         q.value = zero_shot_identity(info, q.ref.info)

@@ -1,5 +1,13 @@
-"""What scoring returns: :class:`ScoreResult` (scores ``[B, 4]`` on 0..100, NaN = not applicable), and the
-one weighted mean over dimensions that leaves NaN dimensions out (rewards, filters and picks all use it)."""
+"""What scoring returns: :class:`ScoreResult` (scores ``[B, 4]`` on 0..100, NaN = not applicable, and why), and
+the one rule that turns scores into a total (rewards, filters and picks all use it, :func:`judged_mean`):
+
+* a dimension the **caller** could not ask for (no prompt, no reference, an unreadable reference, weight 0) is left
+  out of the image's weighted mean, never counted as 0;
+* a dimension the **image failed** (:data:`~feval_core.dimensions.FAILED`: a usable reference was given and the
+  image has no face) scores :data:`SCORE_FLOOR` (0), so losing the face never pays;
+* an image with **no face at all** gets :data:`SCORE_FLOOR` as its total unless the caller says faces are optional
+  (``faces_required=False``); without a face model (face count unknown) nothing is assumed.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,10 @@ from typing import Any
 
 import torch
 
-from ..dimensions import DIMENSIONS
+from ..dimensions import DIM_INDEX, DIMENSIONS, FAILED, IMAGE_ERROR, NOT_ASKED
+
+SCORE_FLOOR = 0.0
+"""The bottom of the 0..100 scale: the score of a failed dimension and the total of a faceless image."""
 
 
 @dataclass
@@ -26,6 +37,9 @@ class ScoreResult:
     answers: list[list[dict[str, Any]]] = field(default_factory=list)
     """Per image, one ``{"question", "dimension", "probability", "score"}`` per question asked in the user's own
     words: the dimension whose expert the router picked, its probability, the score (None: not applicable)."""
+    missing: list[dict[str, str]] = field(default_factory=list)
+    """Per image, ``{dimension: reason}`` for every dimension without a score (:data:`~feval_core.dimensions.
+    MISSING_REASONS`: not asked, no prompt, no reference, reference unusable, no face in the image, ...)."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -56,7 +70,71 @@ class ScoreResult:
         return ScoreResult(
             torch.cat([p.scores for p in parts]), [n for p in parts for n in p.names],
             [f for p in parts for f in p.faces], [e for p in parts for e in p.errors],
-            [w for p in parts for w in p.warnings], parts[0].dims, [a for p in parts for a in p.answers])
+            [w for p in parts for w in p.warnings], parts[0].dims, [a for p in parts for a in p.answers],
+            [m for p in parts for m in p.missing])
+
+    def judged(self, weights: Mapping[str, float] | Sequence[float], *, faces_required: bool = True,
+               empty: float = math.nan, utility: torch.Tensor | None = None,
+               utility_weight: float = 0.0) -> torch.Tensor:
+        """``[B]`` totals under the one rule of this module (:func:`judged_mean`)."""
+        return judged_mean(self.scores, weights, self.missing, self.faces, faces_required=faces_required,
+                           empty=empty, utility=utility, utility_weight=utility_weight)
+
+
+def complete_missing(scores: torch.Tensor, missing: list[dict[str, str]], errors: Sequence[str | None]
+                     ) -> list[dict[str, str]]:
+    """``missing`` with every NaN score explained: an image that could not be read misses every dimension
+    (:data:`~feval_core.dimensions.IMAGE_ERROR`); a NaN without a recorded reason was not asked for."""
+    out = []
+    for i, why in enumerate(missing):
+        why = dict(why)
+        for j, d in enumerate(DIMENSIONS):
+            if errors[i]:
+                why[d] = IMAGE_ERROR
+            elif math.isnan(float(scores[i, j])):
+                why.setdefault(d, NOT_ASKED)
+            else:
+                why.pop(d, None)
+        out.append({d: why[d] for d in DIMENSIONS if d in why})
+    return out
+
+
+def judged_scores(scores: torch.Tensor, missing: Sequence[Mapping[str, str]] = ()) -> torch.Tensor:
+    """``[B, 4]`` scores with every dimension the image failed (a reason in :data:`~feval_core.dimensions.FAILED`)
+    set to :data:`SCORE_FLOOR`; other NaNs stay NaN. Differentiable in ``scores``."""
+    if not missing:
+        return scores
+    if len(missing) != scores.shape[0]:
+        raise ValueError(f"{scores.shape[0]} score rows but {len(missing)} missing-reason entries")
+    failed = [(i, DIM_INDEX[d]) for i, why in enumerate(missing) for d, r in why.items() if r in FAILED]
+    if not failed:
+        return scores
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    mask[tuple(torch.tensor(failed, device=scores.device).T)] = True
+    return torch.where(mask, torch.full_like(scores, SCORE_FLOOR), scores)
+
+
+def faceless(faces: Sequence[int | None]) -> torch.Tensor:
+    """``[B]`` bool: the face detector ran and found no face (None = unknown: no detector, or no image)."""
+    return torch.tensor([f is not None and int(f) == 0 for f in faces], dtype=torch.bool)
+
+
+def judged_mean(scores: torch.Tensor, weights: Mapping[str, float] | Sequence[float],
+                missing: Sequence[Mapping[str, str]] = (), faces: Sequence[int | None] = (), *,
+                faces_required: bool = True, empty: float = math.nan, utility: torch.Tensor | None = None,
+                utility_weight: float = 0.0) -> torch.Tensor:
+    """The total of each image under the module's rule: the weighted mean of :func:`judged_scores` (failed
+    dimensions count as 0, dimensions not asked for are left out; ``utility`` joins as one more column, see
+    :func:`weighted_mean`), and :data:`SCORE_FLOOR` for an image with no face at all when ``faces_required``.
+    Rows with nothing scored (an unreadable image) get ``empty``."""
+    mean = weighted_mean(judged_scores(scores, missing), weights, empty, utility=utility,
+                         utility_weight=utility_weight)
+    if faces_required and len(faces):
+        if len(faces) != scores.shape[0]:
+            raise ValueError(f"{scores.shape[0]} score rows but {len(faces)} face counts")
+        mask = faceless(faces).to(mean.device)
+        mean = torch.where(mask, torch.full_like(mean, SCORE_FLOOR), mean)
+    return mean
 
 
 def weight_vector(weights: Mapping[str, float] | Sequence[float]) -> list[float]:

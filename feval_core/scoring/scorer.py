@@ -45,7 +45,7 @@ from .plan import (
     line_up,
     plan_questions,
 )
-from .result import ScoreResult
+from .result import ScoreResult, complete_missing
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,8 @@ class FEvalScorer:
         plan = _Plan(wanted, asked, self._experts(wanted), References(self.face_encoder), References(None))
         fast = self.share_vision and self.model.can_share_vision
         workers = self.workers if self.workers is not None else (0 if n <= 1 else default_workers())
+        if self.face_encoder is not None and hasattr(self.face_encoder, "allow_sessions"):
+            self.face_encoder.allow_sessions(workers)  # every worker may detect at the same time
 
         def prepare(index: int, processor: Any) -> _Ready:
             item = items[index]
@@ -245,6 +247,7 @@ class FEvalScorer:
         answers = [[{"question": a.text, "dimension": a.dim, "probability": a.probability, "score": None}
                     for a in plan.asked] for _ in range(n)]
         warnings: list[list[str]] = [[] for _ in range(n)]
+        missing: list[dict[str, str]] = [{} for _ in range(n)]
         infos = [r.info for r in ready]
         ok = [i for i in range(n) if ready[i].image is not None]
         for i in ok:
@@ -255,7 +258,7 @@ class FEvalScorer:
                                        tokenizer=self.model.processor.tokenizer,
                                        has_face_model=self.face_encoder is not None, trained=self.model.trained,
                                        references=plan.references, warnings=warnings, experts=plan.experts,
-                                       asked=plan.asked, lqs=lqs, lq_images=plan.lq_images)
+                                       asked=plan.asked, lqs=lqs, lq_images=plan.lq_images, missing=missing)
             values = [q.value for q in questions]
             asked = [k for k, q in enumerate(questions) if q.value is None]
             if asked:
@@ -268,8 +271,9 @@ class FEvalScorer:
                     scores[q.index, q.column] = v
         faces = [None if r.info is None or r.image is None else int(r.info.num_faces) for r in ready]
         warnings = [face_notes(w) for w in warnings]
-        return ScoreResult(scores, [r.name for r in ready], faces, [r.error for r in ready], warnings, plan.dims,
-                           answers if plan.asked else [])
+        errors = [r.error for r in ready]
+        return ScoreResult(scores, [r.name for r in ready], faces, errors, warnings, plan.dims,
+                           answers if plan.asked else [], complete_missing(scores, missing, errors))
 
     def _ask(self, ready: list[_Ready], questions: list[Question], ref_prepared: dict[int, Any]) -> list[float]:
         """The LMM's scores of ``questions`` (one batched pass over all their rows)."""

@@ -49,12 +49,15 @@ FaceEmbedder = Callable[[torch.Tensor], torch.Tensor]
 class TensorScorer:
     """``scores(images, prompts, refs) -> [B, 4]`` with gradients w.r.t. ``images`` (NaN where not applicable).
 
-    Uses the scorer's frozen model as is (no copy); calls are serialised with the scorer's lock.
+    Uses the scorer's frozen model as is (no copy); calls are serialised with the scorer's lock. As in the
+    scorer, each image goes through the vision tower once for all its dimensions (:attr:`vision_per_image`;
+    ``False`` runs it once per (image, dimension) row, for comparison).
     """
 
     def __init__(self, scorer: FEvalScorer, face_embedder: FaceEmbedder | None = None) -> None:
         self.scorer = scorer
         self.face_embedder = face_embedder
+        self.vision_per_image = True
 
     @property
     def differentiable_dims(self) -> tuple[str, ...]:
@@ -65,11 +68,13 @@ class TensorScorer:
         return tuple(d for d in dims if d != "identity")
 
     def scores(self, images: torch.Tensor, prompts: Any = None, refs: Any = None, dims: Any = None, *,
-               faces: Sequence[Any] | None = None, warnings: list[list[str]] | None = None) -> torch.Tensor:
+               faces: Sequence[Any] | None = None, warnings: list[list[str]] | None = None,
+               missing: list[dict[str, str]] | None = None) -> torch.Tensor:
         """``[B, 4]`` scores in :data:`DIMENSIONS` order, differentiable w.r.t. ``images``.
 
         ``faces``: one ``FaceInfo`` (or None) per image from :meth:`detect_faces`, to hold detections fixed
-        across gradient steps; by default faces are detected now. ``warnings`` receives why a score is NaN.
+        across gradient steps; by default faces are detected now. ``warnings`` receives why a score is NaN, and
+        ``missing`` (one dict per image) its reason code (see :attr:`ScoreResult.missing`).
         """
         images = as_bchw(images)
         n = images.shape[0]
@@ -88,7 +93,8 @@ class TensorScorer:
             questions = plan_questions(wanted, prompt_list, ref_list, infos, indices=range(n),
                                        tokenizer=sc.model.processor.tokenizer,
                                        has_face_model=sc.face_encoder is not None,
-                                       trained=sc.model.trained, references=references, warnings=warns)
+                                       trained=sc.model.trained, references=references, warnings=warns,
+                                       missing=missing)
             for w in warns:
                 w[:] = face_notes(w)
             face_vecs = self._face_vectors(images, infos)
@@ -115,9 +121,13 @@ class TensorScorer:
     def _forward(self, images: torch.Tensor, asked: list[Question], infos: Sequence[Any],
                  face_vecs: list[torch.Tensor | None], ref_vecs: dict[int, torch.Tensor | None]) -> torch.Tensor:
         model = self.scorer.model
-        padded = [pad_tensor_to_aspect(images[q.index]) for q in asked]
-        rows = [Row(Image.new("RGB", (p.shape[-1], p.shape[-2])), q.dim, prompt=q.prompt,
-                    ref=q.ref.image if q.ref else None,
+        per_image = {i: pad_tensor_to_aspect(images[i]) for i in dict.fromkeys(q.index for q in asked)}
+        # one placeholder per image (or per row, the old way, when ``vision_per_image`` is off): rows that share
+        # it share the processor's layout and one run of the vision tower (score_rows goes by object identity)
+        shared = {i: Image.new("RGB", (p.shape[-1], p.shape[-2])) for i, p in per_image.items()}
+        padded = [per_image[q.index] for q in asked]
+        rows = [Row(shared[q.index] if self.vision_per_image else Image.new("RGB", (p.shape[-1], p.shape[-2])),
+                    q.dim, prompt=q.prompt, ref=q.ref.image if q.ref else None,
                     face=None if infos[q.index] is None else infos[q.index].embedding,
                     ref_face=q.ref.embedding if q.ref else None, question=q.text) for q, p in zip(asked, padded)]
         if not model.can_share_vision:
@@ -126,7 +136,8 @@ class TensorScorer:
         for row, p in zip(rows, padded):
             if row.ref is not None and id(row.ref) not in prepared:
                 prepared[id(row.ref)] = model.prepare_image(row.ref)  # a constant: the processor's own pixels
-            prepared[id(row.image)] = self._prepared_tensor(row.image, p.to(images.dtype))
+            if id(row.image) not in prepared:
+                prepared[id(row.image)] = self._prepared_tensor(row.image, p.to(images.dtype))
         faces = None
         if self.face_embedder is not None and model.num_face_tokens:
             faces = self._face_tensor(asked, [(self._ref_vector(q.ref, ref_vecs), face_vecs[q.index]) for q in asked],

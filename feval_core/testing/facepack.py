@@ -73,6 +73,7 @@ _ARCFACE_DST = np.array(
 _GRID = 4  # identity pattern / recognizer grid
 _FACE_COLOR_RANGE = (170, 256)
 _SURROUND_COLOR = 12
+DETECTOR_OUTPUTS = (("score", 1), ("bbox", 4), ("kps", 10))  # SCRFD output kinds and widths
 
 
 class _GraphBuilder:
@@ -193,9 +194,9 @@ def _box_and_kps_weights(stride: int, anchors: int) -> tuple[np.ndarray, np.ndar
     return box / stride, kps / stride
 
 
-def _build_detector() -> onnx.ModelProto:
-    g = _GraphBuilder("det")
-    image = "input.1"  # (1,3,H,W), (RGB - 127.5) / 128 as insightface's SCRFD feeds it
+def detector_outputs(g: _GraphBuilder, image: str, suffix: str = "") -> dict[str, list[str]]:
+    """Add the tiny detector's nodes to ``g`` on input ``image``; returns its SCRFD outputs per kind, stride 8/16/32
+    (``score`` [n, 1], ``bbox`` [n, 4], ``kps`` [n, 10]), named ``<kind>_<stride><suffix>``."""
     # v = mean(R, G, B) / 128, in ~[0, 2]
     v = g.op("Conv", [image, g.const(np.full((1, 3, 1, 1), 1.0 / 3.0)), g.const([1.0])])
     ramp = g.op("Mul", [g.op("Sub", [v, g.const(_BRIGHT_LO)]), g.const(1.0 / (_BRIGHT_HI - _BRIGHT_LO))])
@@ -213,17 +214,29 @@ def _build_detector() -> onnx.ModelProto:
             "bbox": g.op("Conv", [feats, g.const(box_w)]),
             "kps": g.op("Conv", [feats, g.const(kps_w)]),
         }
-        for key, width in (("score", 1), ("bbox", 4), ("kps", 10)):
+        for key, width in DETECTOR_OUTPUTS:
             nhwc = g.op("Transpose", [maps[key]], perm=[0, 2, 3, 1])
-            outputs[key].append(g.op("Reshape", [nhwc, g.const([-1, width], np.int64)], output=f"{key}_{stride}"))
+            outputs[key].append(
+                g.op("Reshape", [nhwc, g.const([-1, width], np.int64)], output=f"{key}_{stride}{suffix}")
+            )
+    return outputs
 
-    inputs = [helper.make_tensor_value_info(image, TensorProto.FLOAT, [1, 3, "height", "width"])]
-    outs = [
+
+def detector_value_infos(outputs: dict[str, list[str]]) -> list[onnx.ValueInfoProto]:
+    """Graph outputs in the order insightface's SCRFD reads them: scores, boxes, key points; stride 8, 16, 32."""
+    return [
         helper.make_tensor_value_info(name, TensorProto.FLOAT, [f"n{stride}", width])
-        for key, width in (("score", 1), ("bbox", 4), ("kps", 10))
+        for key, width in DETECTOR_OUTPUTS
         for name, stride in zip(outputs[key], _FACE_SIDES)
     ]
-    return g.model("tiny_scrfd", inputs, outs)
+
+
+def _build_detector() -> onnx.ModelProto:
+    g = _GraphBuilder("det")
+    image = "input.1"  # (1,3,H,W), (RGB - 127.5) / 128 as insightface's SCRFD feeds it
+    outputs = detector_outputs(g, image)
+    inputs = [helper.make_tensor_value_info(image, TensorProto.FLOAT, [1, 3, "height", "width"])]
+    return g.model("tiny_scrfd", inputs, detector_value_infos(outputs))
 
 
 def _build_recognizer(seed: int) -> onnx.ModelProto:
