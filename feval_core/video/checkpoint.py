@@ -60,7 +60,8 @@ def build_video_model(config: FEvalConfig, vconfig: VideoConfig, temporal: Tempo
     """The LMM (loaded as the image model is) with the video projectors sized by the encoders."""
     weights = weights or TrainedWeights()
     model = VideoLMM.build(config, base_dir=base_dir, device=device, dtype=dtype, heads_state=weights.heads,
-                           adapters_dir=weights.adapters, random_adapters=random_adapters)
+                           adapters_dir=weights.adapters, random_adapters=random_adapters,
+                           vision_projector_state=weights.vision_projector)
     slots = temporal.slots if temporal is not None else 1
     tdim = temporal.hidden_size if temporal is not None else 1
     pdim = portrait.feature_dim if portrait is not None else 1

@@ -1,9 +1,12 @@
 """Training and evaluating a video checkpoint: FVQ-Rater's two stages on the image engine.
 
-Stage 1 trains on rating words (cross-entropy of the MOS band's word, :func:`~feval_core.train.steps.level_targets`),
-stage 2 on MOS regression (smooth-L1 of the score head), as the image trainer's ``two_stage`` schedule does. The
-backbone, the temporal encoder, the segmenter and the face pack stay frozen; the LoRA expert, the facial,
-temporal and portrait projectors and the head are trained. The frozen encoders' features are computed once per clip.
+The schedules, learning-rate rule and losses are the image trainer's (:mod:`feval_core.train`): ``levels``
+(default: cross-entropy of the MOS band's rating word after the answer prefix), ``regression`` (smooth-L1 of the
+score head), ``two_stage`` (FVQ-Rater: levels, then regression) or ``joint``; the learning rate defaults to
+``1e-4 x 2048 / (LLM width)``, with warm-up, a cosine decay per stage and gradient clipping. The backbone's vision
+tower, the temporal encoder, the segmenter and the face pack stay frozen; the LoRA expert, the backbone's vision
+projector, the facial, temporal and portrait projectors and the head are trained. The frozen encoders' features are
+computed once per clip.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..evaluate.metrics import correlation_table
 from ..model.config import DEFAULT_LORA_TARGETS, FaceEncoderConfig, FEvalConfig
-from ..train.steps import level_targets
+from ..train.config import LR_SCHEDULES, REFERENCE_LR, REFERENCE_WIDTH, SCHEDULES, score_mode_for
+from ..train.steps import lr_factor, readout_losses
 from .checkpoint import build_video_model, load_encoders, save_video_checkpoint
 from .config import BRANCHES, VideoConfig
 from .decode import load_clip
@@ -59,9 +63,18 @@ class VideoTrainConfig:
     lora_targets: str = DEFAULT_LORA_TARGETS
     epochs: int = 3
     batch_size: int = 8
-    lr: float = 2e-4
+    schedule: str = field(default="levels", metadata={"help": f"one of {SCHEDULES} (see `feval train`)"})
+    lr: float | None = field(default=None, metadata={
+        "help": f"learning rate of the expert and projectors; default {REFERENCE_LR:g} x {REFERENCE_WIDTH} / "
+                "(LLM hidden size), as `feval train`"})
     head_lr: float = 1e-3
-    stage1_fraction: float = field(default=0.3, metadata={"help": "share of the steps on rating words (stage 1)"})
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    lr_schedule: str = field(default="cosine", metadata={"help": f"one of {LR_SCHEDULES}"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    level_weight: float = field(default=0.25, metadata={"help": "joint: weight of the rating-word loss"})
+    stage1_fraction: float = field(default=0.5, metadata={"help": "two_stage: share of the steps on rating words"})
+    train_vision_projector: bool = field(default=True, metadata={"help": "train the backbone's vision projector"})
     seed: int = 0
     device: str = "cpu"
 
@@ -72,6 +85,25 @@ class VideoTrainConfig:
                               "leave 'portrait' out of branches")
         if not 0.0 <= self.stage1_fraction < 1.0 or self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("need epochs >= 1, batch_size >= 1 and stage1_fraction in [0, 1)")
+        if self.schedule not in SCHEDULES or self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES} and lr_schedule one of {LR_SCHEDULES}; got "
+                              f"{self.schedule!r}, {self.lr_schedule!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0 (or left out for the width-scaled default); got {self.lr}")
+
+    def learning_rate(self, hidden_size: int) -> float:
+        return float(self.lr) if self.lr is not None else REFERENCE_LR * REFERENCE_WIDTH / hidden_size
+
+    def stage_bounds(self, total: int) -> list[int]:
+        """Last step (exclusive) of each stage: two for ``two_stage``, else one."""
+        if self.schedule != "two_stage":
+            return [total]
+        return [int(round(self.stage1_fraction * total)), total]
+
+    def stage_weights(self, stage: int) -> dict[str, float]:
+        name = ("levels", "regression")[stage] if self.schedule == "two_stage" else self.schedule
+        return {"levels": {"levels": 1.0}, "regression": {"regression": 1.0},
+                "joint": {"levels": self.level_weight, "regression": 1.0}}[name]
 
     def video_config(self) -> VideoConfig:
         return VideoConfig(temporal_model=self.temporal_model, portrait_model=self.portrait_model or "portrait",
@@ -81,7 +113,8 @@ class VideoTrainConfig:
                            frame_side=self.frame_side)
 
     def feval_config(self) -> FEvalConfig:
-        return FEvalConfig(base_model=self.base, mode="trained", score_mode="regression", dims=("quality",),
+        return FEvalConfig(base_model=self.base, mode="trained", score_mode=score_mode_for(self.schedule),
+                           dims=("quality",), vision_projector="trained" if self.train_vision_projector else "frozen",
                            num_face_tokens=self.num_face_tokens, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
                            lora_target_modules=self.lora_targets,
                            max_image_pixels=self.max_image_pixels,
@@ -158,34 +191,37 @@ def train_video(cfg: VideoTrainConfig, train: Sequence[tuple[VideoSource, float]
 
 
 def _loop(model: VideoLMM, data: list[tuple[VideoFeatures, float]], cfg: VideoTrainConfig) -> list[dict[str, float]]:
+    """The image trainer's schedule on clips: width-scaled lr, warm-up and decay per stage, clipped gradients."""
     named = list(model.trainable_parameters())
     head = [p for n, p in named if n.startswith("heads.head.")]
     rest = [p for n, p in named if not n.startswith("heads.head.")]
-    opt = torch.optim.AdamW([{"params": rest, "lr": cfg.lr, "base": cfg.lr},
-                             {"params": head, "lr": cfg.head_lr, "base": cfg.head_lr}], weight_decay=0.01)
+    lr = cfg.learning_rate(int(model.config.hidden_size))
+    opt = torch.optim.AdamW([{"params": rest, "lr": lr, "base": lr},
+                             {"params": head, "lr": cfg.head_lr, "base": cfg.head_lr}], weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
-    per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total = per_epoch * cfg.epochs
-    stage1 = int(round(cfg.stage1_fraction * total))
+    total = math.ceil(len(data) / cfg.batch_size) * cfg.epochs
+    bounds = cfg.stage_bounds(total)
+    logger.info("video training: %d steps, schedule %s, lr %.3g (head %.3g)", total, cfg.schedule, lr, cfg.head_lr)
     history, step = [], 0
     for _ in range(cfg.epochs):
         order = rng.permutation(len(data))
         for s in range(0, len(data), cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
+            stage = sum(step >= b for b in bounds[:-1])
             out = model.score_clips([data[i][0] for i in idx])
             mos = torch.tensor([data[i][1] for i in idx], dtype=torch.float32, device=out.level_logits.device)
-            if step < stage1:  # stage 1: rating words
-                loss = nn.functional.cross_entropy(out.level_logits, level_targets(mos))
-            else:  # stage 2: MOS regression
-                loss = nn.functional.smooth_l1_loss(out.reg_score / 100.0, mos / 100.0, beta=0.05)
-            start, length = (0, stage1) if step < stage1 else (stage1, total - stage1)
-            factor = 0.5 * (1 + math.cos(math.pi * (step - start) / max(1, length)))
+            weights = cfg.stage_weights(stage)
+            level, reg = readout_losses(out, mos, weights)
+            loss = weights.get("levels", 0.0) * level + weights.get("regression", 0.0) * reg
+            factor = lr_factor(step, bounds, cfg)  # type: ignore[arg-type]  # reads warmup_ratio, lr_schedule
             for g in opt.param_groups:
                 g["lr"] = g["base"] * factor
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.max_grad_norm:
+                nn.utils.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
             opt.step()
-            history.append({"step": step, "loss": float(loss.detach()), "stage": 1 if step < stage1 else 2})
+            history.append({"step": step, "loss": float(loss.detach()), "stage": stage + 1})
             step += 1
     return history
 
