@@ -286,3 +286,28 @@ def test_video_train_and_eval_commands(video_ckpt, corpus, tmp_path, capsys) -> 
     assert main(["video", "eval", "--model", str(out), "--manifest", str(manifest), "--split", "test"]) == 0
     table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert table["n"] == 3 and -1.0 <= table["srcc"] <= 1.0
+
+
+def test_trained_video_checkpoint_reloads_to_the_same_scores(video_ckpt, tmp_path) -> None:
+    """Everything training changes is saved: the expert, the head, the video projectors and the backbone's vision
+    projector (trained by default); the reloaded checkpoint scores the held-out clips as the trained model did."""
+    from feval_core.testing.video import synthetic_video_set
+    from feval_core.video.checkpoint import load_video_checkpoint
+    from feval_core.video.train import VideoTrainConfig, extract, predict, train_video
+
+    data = synthetic_video_set(10, seed=3, n=8, size=64)
+    pairs = [(VideoSource("array", f, f"<{i}>", 8.0), m) for i, (f, m, _) in enumerate(data)]
+    cfg = VideoTrainConfig(base=str(video_ckpt / "backbone"), temporal_model=str(video_ckpt / "temporal"),
+                           branches=("spatial", "temporal"), num_key_frames=2, num_clip_frames=8, temporal_tokens=2,
+                           frame_side=64, max_image_pixels=56 * 56, lora_rank=4, lora_alpha=8, epochs=2, batch_size=4,
+                           schedule="two_stage", lr=1e-2)
+    assert cfg.stage_bounds(6) == [3, 6] and cfg.stage_weights(0) == {"levels": 1.0}
+    res = train_video(cfg, pairs[:6], pairs[6:], out=tmp_path / "run")
+    assert len(res.history) == 4 and [h["stage"] for h in res.history] == [1, 1, 2, 2]
+    assert (tmp_path / "run" / "vision_projector.safetensors").is_file()
+    parts = load_video_checkpoint(tmp_path / "run")
+    assert parts.model.config.score_mode == "regression" and parts.model.config.vision_projector == "trained"
+    feats, _ = extract(parts.extractor, [s for s, _ in pairs[6:]])
+    np.testing.assert_allclose(predict(parts.model, feats), res.val_predictions, atol=1e-3)
+    with pytest.raises(ConfigError, match="schedule"):
+        VideoTrainConfig(base="b", temporal_model="t", branches=("spatial",), schedule="levelz")

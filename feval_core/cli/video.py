@@ -17,17 +17,26 @@ from .main import EXIT_OK, EXIT_SOME_FAILED
 logger = logging.getLogger("feval")
 
 
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text)
     vsub = p.add_subparsers(dest="video_command", required=True)
-    t = vsub.add_parser("train", help="two-stage training (rating words, then MOS) on a video manifest")
+    t = vsub.add_parser("train", help="train a video checkpoint on a video manifest (schedules and learning-rate rule "
+                                      "of `feval train`)")
     t.add_argument("--manifest", required=True, help='JSON Lines {"video": ..., "mos": 0-100, "split"?: ...}')
     t.add_argument("--out", required=True, help="checkpoint folder to write")
     from ..video.train import VideoTrainConfig
 
     for f in dataclasses.fields(VideoTrainConfig):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
-        conv = int if kind == "int" else float if kind == "float" else str
+        conv = int if kind == "int" else float if kind.startswith("float") else _flag if kind == "bool" else str
         if "tuple" in kind:
             t.add_argument("--" + f.name.replace("_", "-"), help="comma-separated " + f.metadata.get("help", ""))
         else:

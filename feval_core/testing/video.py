@@ -237,3 +237,42 @@ def write_bad_video_corpus(folder: str | Path) -> dict[str, str | None]:
 
 CORPUS_LIMITS = {"max_seconds": 10.0, "max_pixels": 300 * 300}
 """Limits under which the corpus's ``long.mp4`` and ``large.mp4`` are refused (and the good clips are not)."""
+
+
+LEARNING_BRANCHES = ("spatial", "temporal", "portrait")
+"""Branches of the synthetic learning task (the tiny face pack sees no identity change in it: no face branch)."""
+
+
+def prepare_video_learning_parts(root: str | Path, *, seed: int = 0) -> Path:
+    """The tiny parts of the synthetic learning task under ``root``: a Qwen2.5-VL-class backbone with the wide random
+    init of the image learning tasks, the tiny face pack, a tiny VideoMAE and a tiny Segformer."""
+    from .facepack import write_tiny_face_pack
+    from .tiny import build_tiny_backbone
+
+    root = Path(root)
+    build_tiny_backbone("qwen2_5_vl", root / "backbone", seed=seed, image_size=56, init_std=0.2)
+    write_tiny_face_pack(root / "face", name="tiny_face", seed=seed)
+    build_tiny_temporal(root / "temporal", seed=seed)
+    build_tiny_portrait(root / "portrait", seed=seed)
+    return root
+
+
+def video_learning_config(root: str | Path, branches: tuple[str, ...] = LEARNING_BRANCHES, **overrides: object):
+    """A :class:`~feval_core.video.train.VideoTrainConfig` for the synthetic task: the parts and the tiny sizes
+    (2 key frames, 8 clip frames, LoRA rank 4 on every LLM linear) are given; schedule and learning rate are the
+    defaults unless overridden."""
+    from ..video.train import VideoTrainConfig
+    from .synthetic import SYNTHETIC_LORA_TARGETS
+
+    root = Path(root)
+    kw: dict[str, object] = dict(
+        base=str(root / "backbone"), temporal_model=str(root / "temporal"), portrait_model=str(root / "portrait"),
+        branches=branches, num_key_frames=2, num_clip_frames=8, temporal_tokens=2, portrait_size=64, frame_side=128,
+        max_image_pixels=56 * 56, lora_rank=4, lora_alpha=8, lora_targets=SYNTHETIC_LORA_TARGETS, batch_size=16)
+    kw.update(overrides)
+    return VideoTrainConfig(**kw)  # type: ignore[arg-type]
+
+
+def temporal_only(faults: dict[str, float]) -> bool:
+    """A clip whose MOS falls only with temporal faults (or none): the "temporal subset" of the learning task."""
+    return not any(k in FRAME_FAULTS for k in faults)

@@ -129,6 +129,7 @@ class VideoTrainResult:
     skipped: dict[str, str]
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    val_predictions: np.ndarray | None = None  # scores of the readable validation clips, in their order
 
 
 def extract(extractor: FeatureExtractor, sources: Sequence[VideoSource], batch: int = 16
@@ -178,7 +179,7 @@ def train_video(cfg: VideoTrainConfig, train: Sequence[tuple[VideoSource, float]
     torch.manual_seed(cfg.seed)
     model = build_video_model(cfg.feval_config(), vcfg, temporal, portrait, device=cfg.device)
     history = _loop(model, tr, cfg)
-    metrics = {}
+    metrics, pred = {}, None
     if va:
         pred = predict(model, [f for f, _ in va])
         metrics = correlation_table(pred, np.asarray([m for _, m in va]))
@@ -187,7 +188,7 @@ def train_video(cfg: VideoTrainConfig, train: Sequence[tuple[VideoSource, float]
         (Path(out) / "video_train_config.json").write_text(_json(asdict(cfg)))
     logger.info("video training: %d clips, %d skipped, val %s, %.0f s", len(tr), len(skipped), metrics,
                 time.time() - t0)
-    return VideoTrainResult(model, extractor, metrics, skipped, time.time() - t0, history)
+    return VideoTrainResult(model, extractor, metrics, skipped, time.time() - t0, history, pred)
 
 
 def _loop(model: VideoLMM, data: list[tuple[VideoFeatures, float]], cfg: VideoTrainConfig) -> list[dict[str, float]]:
