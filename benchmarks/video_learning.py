@@ -7,7 +7,7 @@ Clips of a tiny-pack face drifting right get at most one temporal fault (flicker
 and one per-frame fault (blur, noise), each of random severity; MOS = 90 - 40 x (sum of severities) + noise
 (:func:`feval_core.testing.video.synthetic_clip`). "temporal subset" = held-out clips without a per-frame fault.
 
-    python benchmarks/video_learning.py --train 480 --val 100 --epochs 10
+    python benchmarks/video_learning.py --train 480 --val 300 --epochs 10
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=480)
-    ap.add_argument("--val", type=int, default=100)
+    ap.add_argument("--val", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="training seed (the data is fixed)")
     ap.add_argument("--set", default="{}", help='JSON of VideoTrainConfig overrides, e.g. \'{"schedule": '
                                                  '"regression"}\' (default: the defaults)')
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny model)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = args.train
