@@ -57,8 +57,8 @@ def test_full_model_reaches_0_8_held_out(learned: dict[str, dict[str, float]]) -
 
 
 def test_without_temporal_branch_is_worse_on_temporal_faults(learned: dict[str, dict[str, float]]) -> None:
-    """Measured: 0.701 vs 0.842 overall, 0.830 vs 0.873 on the temporal subset (flicker and jitter also show in the
-    key frames themselves, so the spatial branch sees part of them)."""
+    """Measured: 0.701 vs 0.842 overall, 0.830 vs 0.873 on the temporal subset (flicker and jitter likely also show in
+    the key frames themselves, which the spatial branch sees)."""
     full, ablated = learned["full"], learned["no_temporal"]
     assert ablated["srcc"] <= full["srcc"] - 0.05, learned
     assert ablated["temporal"] <= full["temporal"] - 0.02, learned
