@@ -33,9 +33,10 @@ from .pick import FilterByScore, PickBestOfN  # noqa: E402
 from .prefilter import FaceQuickCheck  # noqa: E402
 from .score import ScoreFaces  # noqa: E402
 from .similarity import FaceSimilarity  # noqa: E402
+from .video import ScoreFaceVideo  # noqa: E402
 
 NODES: list[type[io.ComfyNode]] = [LoadFEvalModel, ScoreFaces, FilterByScore, PickBestOfN, FaceSimilarity, FaceUtility,
-                                   FaceQuickCheck]
+                                   FaceQuickCheck, ScoreFaceVideo]
 
 
 class FEvalExtension(ComfyExtension):

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.utils
-import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
@@ -34,30 +33,9 @@ OLD_NO_MODEL = "(no ViT-FIQA models in models/feval)"
 METHOD = "ViT-FIQA utility (0-100: percentile of the model's training faces; higher = more useful to a recognizer)"
 
 
-def list_fiqa_models(config_name: str = FIQA_CONFIG_NAME) -> list[str]:
-    """Folders under the feval model folders that hold ``config_name`` (default: ``fiqa_config.json``)."""
-    paths.register_folders()
-    files = folder_paths.get_filename_list(paths.FEVAL_FOLDER)
-    found = sorted({str(PurePosixPath(f.replace("\\", "/")).parent) for f in files
-                    if PurePosixPath(f.replace("\\", "/")).name == config_name} - {"."})
-    return found
-
-
-def resolve_fiqa_model(name: str, config_name: str = FIQA_CONFIG_NAME, what: str = "ViT-FIQA model",
-                       none: str = NO_MODEL, command: str = "feval fiqa train") -> Path:
-    """The folder of model ``name`` (holding ``config_name``), which must stay inside the feval model folders."""
-    roots = paths.feval_roots()
-    where = ", ".join(str(r) for r in roots)
-    if not name or name in (none, NO_MODEL, OLD_NO_MODEL):
-        raise FileNotFoundError(f"no {what} selected: put a folder with {config_name} (from `{command}`) into "
-                                f"{where} and refresh")
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
-        raise ValueError(f"{what} {name!r} must be the name of a folder inside {where}, not a path")
-    found = Path(folder_paths.get_full_path_or_raise(paths.FEVAL_FOLDER, f"{name}/{config_name}"))
-    if not all(any(p.resolve().is_relative_to(r.resolve()) for r in roots) for p in (found, found.parent)):
-        raise PermissionError(f"{what} {name!r} resolves outside the feval model folders ({where})")
-    return found.parent.resolve()
+def resolve_fiqa_model(name: str) -> Path:
+    """The folder of ViT-FIQA model ``name`` inside the feval model folders."""
+    return paths.resolve_model_folder(name, FIQA_CONFIG_NAME, "ViT-FIQA model", "feval fiqa train", (OLD_NO_MODEL,))
 
 
 @functools.lru_cache(maxsize=2)
@@ -76,7 +54,7 @@ def _scorer(folder: str, device: str) -> FIQAScorer:
 class FaceUtility(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        models = list_fiqa_models()
+        models = paths.list_model_folders(FIQA_CONFIG_NAME)
         return io.Schema(
             node_id="FEvalFaceUtility",
             display_name="Face utility (ViT-FIQA)",
@@ -104,15 +82,8 @@ class FaceUtility(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, fiqa_model: str) -> bool | str:
-        """ComfyUI's check before a run (it then skips its own list check for ``fiqa_model``): the model must be a
-        folder in models/feval; otherwise the message says where to put one. None (linked) is checked at run time."""
-        if fiqa_model is None:
-            return True
-        try:
-            resolve_fiqa_model(fiqa_model)
-        except (ValueError, FileNotFoundError, PermissionError) as exc:
-            return str(exc)
-        return True
+        """ComfyUI's check before a run (it then skips its own list check for ``fiqa_model``)."""
+        return paths.check_model_folder(fiqa_model, resolve_fiqa_model)
 
     @classmethod
     def execute(cls, images: torch.Tensor, fiqa_model: str = NO_MODEL, device: str = DEVICE_AUTO,

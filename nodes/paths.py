@@ -164,3 +164,40 @@ def missing_pack_message(pack: str) -> str:
     where = " or ".join(str(r / "models" / pack) for r in face_roots())
     return (f"insightface pack {pack!r} not found: download {pack}.zip from the insightface model zoo "
             f"(github.com/deepinsight/insightface, releases) and unzip it so that {where} holds its .onnx files")
+
+
+def list_model_folders(config_name: str) -> list[str]:
+    """Folders under the feval model folders that hold ``config_name`` (e.g. ``fiqa_config.json``)."""
+    register_folders()
+    files = folder_paths.get_filename_list(FEVAL_FOLDER)
+    return sorted({str(PurePosixPath(f.replace("\\", "/")).parent) for f in files
+                   if PurePosixPath(f.replace("\\", "/")).name == config_name} - {"."})
+
+
+def resolve_model_folder(name: str, config_name: str, what: str, command: str, unset: tuple[str, ...] = ()) -> Path:
+    """The folder of model ``name`` (holding ``config_name``), which must stay inside the feval model folders.
+    ``name`` empty, :data:`NO_CHECKPOINT` or one of ``unset`` (what older graphs stored) means none was chosen."""
+    roots = feval_roots()
+    where = ", ".join(str(r) for r in roots)
+    if not name or name == NO_CHECKPOINT or name in unset:
+        raise FileNotFoundError(f"no {what} selected: put a folder with {config_name} (from `{command}`) into "
+                                f"{where} and refresh")
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
+        raise ValueError(f"{what} {name!r} must be the name of a folder inside {where}, not a path")
+    found = Path(folder_paths.get_full_path_or_raise(FEVAL_FOLDER, f"{name}/{config_name}"))
+    if not all(any(p.resolve().is_relative_to(r.resolve()) for r in roots) for p in (found, found.parent)):
+        raise PermissionError(f"{what} {name!r} resolves outside the feval model folders ({where})")
+    return found.parent.resolve()
+
+
+def check_model_folder(name: str | None, resolve) -> bool | str:
+    """A node's ``validate_inputs`` answer for a model-folder combo: True, or why not (None: linked, checked later)."""
+    if name is None:
+        return True
+    try:
+        resolve(name)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        return str(exc)
+    return True
+

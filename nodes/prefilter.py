@@ -19,7 +19,6 @@ from comfy_api.latest import io, ui
 from feval_core.fiqa.prefilter import PREFILTER_CONFIG_NAME, LandmarkPrefilter
 
 from . import paths
-from .fiqa import NO_MODEL, list_fiqa_models, resolve_fiqa_model
 from .images import to_uint8
 from .sockets import CATEGORY
 
@@ -42,13 +41,13 @@ def _prefilter(folder: str) -> LandmarkPrefilter:
 
 
 def _folder(name: str) -> Path:
-    return resolve_fiqa_model(name, PREFILTER_CONFIG_NAME, WHAT, NO_PREFILTER, "feval fiqa prefilter train")
+    return paths.resolve_model_folder(name, PREFILTER_CONFIG_NAME, WHAT, "feval fiqa prefilter train", (NO_PREFILTER,))
 
 
 class FaceQuickCheck(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        models = list_fiqa_models(PREFILTER_CONFIG_NAME)
+        models = paths.list_model_folders(PREFILTER_CONFIG_NAME)
         return io.Schema(
             node_id="FEvalFaceQuickCheck",
             display_name="Face quick check (landmark pre-filter)",
@@ -58,7 +57,8 @@ class FaceQuickCheck(io.ComfyNode):
                         "never passes.",
             inputs=[
                 io.Image.Input("images"),
-                io.Combo.Input("prefilter", options=[*models, NO_MODEL], default=models[0] if models else NO_MODEL,
+                io.Combo.Input("prefilter", options=[*models, paths.NO_CHECKPOINT],
+                               default=models[0] if models else paths.NO_CHECKPOINT,
                                tooltip="pre-filter folder in models/feval (prefilter_config.json + forest.onnx)"),
                 io.Float.Input("threshold", default=40.0, min=0.0, max=100.0, step=0.5,
                                tooltip="images whose score is at least this pass"),
@@ -73,18 +73,12 @@ class FaceQuickCheck(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, prefilter: str) -> bool | str:
-        """ComfyUI's check before a run (it then skips its own list check for ``prefilter``): the pre-filter must be
-        a folder in models/feval; otherwise the message says where to put one. None (linked) is checked at run time."""
-        if prefilter is None:
-            return True
-        try:
-            _folder(prefilter)
-        except (ValueError, FileNotFoundError, PermissionError) as exc:
-            return str(exc)
-        return True
+        """ComfyUI's check before a run (it then skips its own list check for ``prefilter``)."""
+        return paths.check_model_folder(prefilter, _folder)
 
     @classmethod
-    def execute(cls, images: torch.Tensor, prefilter: str = NO_MODEL, threshold: float = 40.0) -> io.NodeOutput:
+    def execute(cls, images: torch.Tensor, prefilter: str = paths.NO_CHECKPOINT,
+                threshold: float = 40.0) -> io.NodeOutput:
         folder = _folder(prefilter)
         pf = _prefilter(str(folder))
         mm.throw_exception_if_processing_interrupted()

@@ -12,7 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "feval_core"
-ROOMS = ("inputs", "faces", "model", "data", "scoring", "evaluate", "train", "fiqa", "testing", "serve", "cli")
+ROOMS = ("inputs", "faces", "model", "data", "scoring", "evaluate", "train", "fiqa", "video", "testing", "serve",
+         "cli")
 """feval_core's rooms, lowest first: a room imports only the base modules and the rooms before it."""
 BASE = frozenset({"errors", "dimensions", "questions", "_lazy", "_moved"})
 ROOT_NAMES = {"FEvalScorer": "feval_core.scoring", "ScoreResult": "feval_core.scoring",

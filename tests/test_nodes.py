@@ -19,7 +19,7 @@ from feval_core import DIMENSIONS
 from tests.comfy_stub import PACK_ROOT, install, load_pack, node_classes, widget_spec
 
 NODE_IDS = {"FEvalModelLoader", "FEvalScoreFaces", "FEvalFilterByScore", "FEvalPickBest", "FEvalFaceSimilarity",
-            "FEvalFaceUtility", "FEvalFaceQuickCheck"}
+            "FEvalFaceUtility", "FEvalFaceQuickCheck", "FEvalScoreFaceVideo"}
 
 
 def as_batch(*arrays: np.ndarray) -> torch.Tensor:

@@ -162,7 +162,7 @@ def validate(graph: dict, disk: dict) -> dict[str, list[dict]]:
     return validate_prompt(prompt, disk["classes"], disk["specs"], user_files(named))
 
 
-OWN_MODEL_NODES = {"FEvalFaceUtility", "FEvalFaceQuickCheck"}
+OWN_MODEL_NODES = {"FEvalFaceUtility", "FEvalFaceQuickCheck", "FEvalScoreFaceVideo"}
 """Nodes with no hub or zero-shot fallback: the user picks a model of their own, so a graph saved with "(none)" is
 refused before a run with the fix (custom_validation_failed), never with ComfyUI's bare value_not_in_list."""
 
@@ -253,3 +253,19 @@ def test_a_graph_saved_from_the_loader_stays_valid(source: str, disk: dict, tmp_
         errors = validate_prompt(prompt, here["classes"], here["specs"])
         usable = SOURCES[source] or saved_ckpt in DISKS[other][0] + DISKS[other][1]
         assert not errors if usable else errors, (source, disk["name"], other, errors)
+
+
+def test_the_face_video_graph_is_valid_once_its_checkpoint_is_there(tmp_path: Path, specs: dict[str, dict]) -> None:
+    graph = json.loads((PACK_ROOT / "workflows" / "feval_face_video_check.json").read_text())
+    video = next(n for n in graph["nodes"] if n["type"] == "FEvalScoreFaceVideo")
+    make_disk(tmp_path, ["tiny"], [], ["buffalo_l"])
+    (tmp_path / "models" / "feval" / "fvq").mkdir(parents=True)
+    (tmp_path / "models" / "feval" / "fvq" / "video_config.json").write_text("{}")
+    install(tmp_path)
+    classes = node_classes(load_pack())
+    disk = {"classes": classes, "specs": {**specs, **{k: widget_spec(c) for k, c in classes.items()}}}
+    assert "no video checkpoint selected" in validate(graph, disk)[str(video["id"])][0]["details"]
+    video["widgets_values"][0] = "tiny"  # an image checkpoint is not a video checkpoint
+    assert list(validate(graph, disk)) == [str(video["id"])]
+    video["widgets_values"][0] = "fvq"
+    assert not validate(graph, disk)

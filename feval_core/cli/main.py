@@ -27,6 +27,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("feval_core.cli.bench", "F-Bench: leaderboard of generators per dimension, with a radar chart"),
     "import-faceq": ("feval_core.cli.data", "turn a FaceQ download (images/ + MOSs/) into a manifest"),
     "split": ("feval_core.cli.data", "split a manifest into train/val/test, reproducibly, optionally by model"),
+    "video": ("feval_core.cli.video", "face video quality (FVQ-Rater): train, eval, import FVQ-20K"),
     "fiqa": ("feval_core.cli.fiqa", "face image quality for recognition (ViT-FIQA): train, EDC eval, import "
                                     "weights, MR labels, synth sets, landmark pre-filter"),
     "serve": ("feval_core.cli.serve", "score over HTTP for remote rewards (LitServe: one replica per GPU, "

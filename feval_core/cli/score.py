@@ -31,7 +31,8 @@ logger = logging.getLogger("feval")
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text)
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("inputs", nargs="+", help="image files or folders (video files or frame folders with a video "
+                   "checkpoint)")
     p.add_argument("--model", help="feval checkpoint folder or hub id, or a plain VLM (zero-shot); optional with "
                    "--fiqa")
     p.add_argument("--fiqa", metavar="MODEL", help="ViT-FIQA folder: adds 'utility' (0-100, how useful the main face "
@@ -55,6 +56,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow the backbone's own code (off by default)")
     p.add_argument("--workers", type=int, help="threads that decode images and detect faces ahead of the model "
                    "(default: up to 4; 0: none)")
+    p.add_argument("--fps", type=float, help="frame rate of frame folders (video checkpoints; default 25)")
     p.add_argument("--prefilter", type=float, metavar="T", help="skip the LMM for faces whose landmark pre-filter "
                    "score is under T (their rows say so); needs --prefilter-model")
     p.add_argument("--prefilter-model", metavar="DIR", help="landmark pre-filter folder (`feval fiqa prefilter "
@@ -100,6 +102,10 @@ def check_fiqa_only(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from .video import is_video_model, score_videos_cli
+
+    if is_video_model(args.model):  # a video checkpoint: one row per video (video_quality)
+        return score_videos_cli(args)
     check_score_args(args)
     from ..inputs.images import expand_inputs
     from ..inputs.results import ResultsWriter, json_line

@@ -209,7 +209,13 @@ class FEvalModel(SharedVision, nn.Module):
             yield
             return
         assert self.heads is not None
-        projected = self.heads.face_projector(faces.float())
+        with self.placeholder_tokens(self.heads.face_projector(faces.float())):
+            yield
+
+    @contextlib.contextmanager
+    def placeholder_tokens(self, projected: torch.Tensor) -> Iterator[None]:
+        """Within the block, the placeholder tokens of a batch (in text order) take the rows of ``projected``
+        (``[n_tokens, hidden]``) as their embeddings; the video model puts its projected features there too."""
         token_id = self.face_token_id
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:

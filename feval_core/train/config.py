@@ -197,7 +197,12 @@ class TrainConfig:
     @property
     def score_mode(self) -> str:
         """How the trained checkpoint reads its score out."""
-        return "levels" if self.schedule == "levels" else "regression"
+        return score_mode_for(self.schedule)
+
+
+def score_mode_for(schedule: str) -> str:
+    """The readout a model trained with ``schedule`` scores with: rating words after ``levels``, else the head."""
+    return "levels" if schedule == "levels" else "regression"
 
 
 def check_resume(cfg: TrainConfig, out: Path) -> None:

@@ -36,6 +36,25 @@ def level_targets(mos: torch.Tensor) -> torch.Tensor:
     return (n - 1 - band).long()
 
 
+def readout_losses(out: Any, mos: torch.Tensor, weights: dict[str, float], loss: str = "smooth_l1"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(level, regression)`` losses of a model output (zero where its weight is 0): cross-entropy of the
+    rating word of each MOS, and ``loss`` of the regression head on MOS/100."""
+    zero = out.level_logits.new_zeros(())
+    level = reg = zero
+    if weights.get("levels", 0.0) > 0:
+        level = nn.functional.cross_entropy(out.level_logits.float(), level_targets(mos))
+    if weights.get("regression", 0.0) > 0:
+        pred, target = out.reg_score.float() / 100.0, mos.float() / 100.0
+        if loss == "l1":
+            reg = nn.functional.l1_loss(pred, target)
+        elif loss == "mse":
+            reg = nn.functional.mse_loss(pred, target)
+        else:
+            reg = nn.functional.smooth_l1_loss(pred, target, beta=0.05)
+    return level, reg
+
+
 def score_batch(model: Any, batch: Any, by_expert: bool = True) -> Any:
     """The model's output on a :class:`~feval_core.train.data.TrainBatch`, through the path scoring takes
     (vision once per image or per vision expert, experts on their rows); one LLM pass in row order."""
@@ -56,18 +75,7 @@ class TrainStep(nn.Module):
     def forward(self, batch: Any, mos: torch.Tensor, prompts: list[str], weights: dict[str, float],
                 loss: str = "smooth_l1", by_expert: bool = True) -> dict[str, torch.Tensor]:
         out = score_batch(self.model, batch, by_expert)
-        zero = out.level_logits.new_zeros(())
-        level = reg = zero
-        if weights.get("levels", 0.0) > 0:
-            level = nn.functional.cross_entropy(out.level_logits.float(), level_targets(mos))
-        if weights.get("regression", 0.0) > 0:
-            pred, target = out.reg_score.float() / 100.0, mos.float() / 100.0
-            if loss == "l1":
-                reg = nn.functional.l1_loss(pred, target)
-            elif loss == "mse":
-                reg = nn.functional.mse_loss(pred, target)
-            else:
-                reg = nn.functional.smooth_l1_loss(pred, target, beta=0.05)
+        level, reg = readout_losses(out, mos, weights, loss)
         targets = torch.cat([batch.dim_idx.to(mos.device), self.router_targets.to(mos.device)])
         router = nn.functional.cross_entropy(self.model.route(list(prompts) + self.router_texts).float(), targets)
         total = (weights.get("levels", 0.0) * level + weights.get("regression", 0.0) * reg

@@ -29,6 +29,7 @@ FILE_EXTENSIONS = {
     "upscale_models": (".safetensors", ".pth", ".pt", ".ckpt", ".bin"),
     "photomaker": (".safetensors", ".bin", ".pt", ".pth"),
     "input": (".png", ".jpg", ".jpeg", ".webp"),
+    "input_video": (".mp4", ".webm", ".mov", ".mkv", ".gif"),
 }
 
 
@@ -111,6 +112,8 @@ CORE_NODES: dict[str, dict] = {
         "outputs": _out("STRING"),
     },
     "PreviewAny": {"inputs": [_in("source", "*")], "outputs": []},
+    # comfy_extras/nodes_video.py (V3): a video file from input/ as ComfyUI's VIDEO
+    "LoadVideo": {"inputs": [_in("file", "COMBO", files="input_video", video_upload=True)], "outputs": _out("VIDEO")},
 }
 
 FRONTEND_ONLY: dict[str, dict] = {

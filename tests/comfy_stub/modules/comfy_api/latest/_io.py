@@ -229,6 +229,11 @@ class Mask(ComfyTypeIO):
     pass
 
 
+@comfytype("VIDEO")
+class Video(ComfyTypeIO):
+    """ComfyUI's VIDEO: a ``VideoInput`` with ``get_components()`` (images ``[T,H,W,C]``, audio, frame_rate)."""
+
+
 @comfytype("LATENT")
 class Latent(ComfyTypeIO):
     pass

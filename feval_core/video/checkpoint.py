@@ -1,0 +1,112 @@
+"""Reading and writing a video checkpoint: the image checkpoint's layout (``feval_config.json``,
+``projectors.safetensors``, ``adapters/quality/``) plus ``video_config.json`` and ``video_projectors.safetensors``;
+the temporal encoder and the portrait segmenter are folders inside it or named by hub id. Safetensors only."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from ..model.checkpoint import TrainedWeights, check_checkpoint_tree
+from ..model.config import CONFIG_NAME, FEvalConfig
+from .config import VIDEO_PROJECTORS_NAME, VideoConfig, is_video_checkpoint
+from .encoders import PortraitEncoder, TemporalEncoder
+from .features import FeatureExtractor
+from .model import VideoLMM
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoParts:
+    """Everything a video checkpoint loads into."""
+
+    model: VideoLMM
+    extractor: FeatureExtractor
+    folder: Path
+
+
+def resolve_inside(folder: Path | None, name: str) -> str:
+    """A relative model name that is a folder of the checkpoint -> its path; anything else as given (hub id)."""
+    if folder is not None and not Path(name).is_absolute() and (folder / name).is_dir():
+        path = (folder / name).resolve()
+        if not path.is_relative_to(folder.resolve()):
+            raise CheckpointError(f"{name!r} points outside the checkpoint folder {folder}")
+        return str(path)
+    return name
+
+
+def load_encoders(vconfig: VideoConfig, folder: Path | None, device: str | torch.device = "cpu",
+                  **hub_kwargs: Any) -> tuple[TemporalEncoder | None, PortraitEncoder | None]:
+    temporal = portrait = None
+    if vconfig.uses("temporal"):
+        temporal = TemporalEncoder.from_pretrained(resolve_inside(folder, vconfig.temporal_model), **hub_kwargs)
+    if vconfig.uses("portrait"):
+        portrait = PortraitEncoder.from_pretrained(resolve_inside(folder, vconfig.portrait_model),
+                                                   vconfig.portrait_labels, vconfig.portrait_size, **hub_kwargs)
+    return (temporal.to(device) if temporal else None), (portrait.to(device) if portrait else None)
+
+
+def build_video_model(config: FEvalConfig, vconfig: VideoConfig, temporal: TemporalEncoder | None,
+                      portrait: PortraitEncoder | None, *, base_dir: Path | None = None, device: Any = "cpu",
+                      dtype: torch.dtype = torch.float32, weights: TrainedWeights | None = None,
+                      video_state: dict[str, torch.Tensor] | None = None, random_adapters: bool = False) -> VideoLMM:
+    """The LMM (loaded as the image model is) with the video projectors sized by the encoders."""
+    weights = weights or TrainedWeights()
+    model = VideoLMM.build(config, base_dir=base_dir, device=device, dtype=dtype, heads_state=weights.heads,
+                           adapters_dir=weights.adapters, random_adapters=random_adapters,
+                           vision_projector_state=weights.vision_projector)
+    slots = temporal.slots if temporal is not None else 1
+    tdim = temporal.hidden_size if temporal is not None else 1
+    pdim = portrait.feature_dim if portrait is not None else 1
+    return model.attach_video(vconfig, slots, tdim, pdim, video_state)
+
+
+def load_video_checkpoint(folder: str | Path, *, device: str | torch.device = "cpu",
+                          dtype: torch.dtype = torch.float32, face_encoder: Any = None,
+                          **hub_kwargs: Any) -> VideoParts:
+    folder = Path(folder).expanduser()
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{folder} is not a feval checkpoint (no {CONFIG_NAME}); make one with "
+                              "`feval make-tiny --video DIR` or `feval video train ...`")
+    if not is_video_checkpoint(folder):
+        raise CheckpointError(f"{folder} is an image checkpoint; video scoring needs a video checkpoint "
+                              "(video_config.json), e.g. from `feval make-tiny --video DIR`")
+    check_checkpoint_tree(folder)
+    folder = folder.resolve()
+    config, vconfig = FEvalConfig.load(folder), VideoConfig.load(folder)
+    from safetensors.torch import load_file
+
+    if not (folder / VIDEO_PROJECTORS_NAME).is_file():
+        raise CheckpointError(f"{folder} has no {VIDEO_PROJECTORS_NAME}; re-save it with save_video_checkpoint")
+    temporal, portrait = load_encoders(vconfig, folder, device, **hub_kwargs)
+    model = build_video_model(config, vconfig, temporal, portrait, base_dir=folder, device=device, dtype=dtype,
+                              weights=TrainedWeights.load(folder, config),
+                              video_state=load_file(str(folder / VIDEO_PROJECTORS_NAME)))
+    return VideoParts(model, FeatureExtractor(vconfig, temporal, portrait, face_encoder), folder)
+
+
+def save_video_checkpoint(model: VideoLMM, out: str | Path, *, source: Path | None = None) -> Path:
+    """Write the checkpoint; folders (backbone, encoders, face pack) inside ``source`` are copied along."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, vcfg = model.config, model.vconfig
+    if source is not None:
+        for rel in (cfg.base_model, cfg.face.root, vcfg.temporal_model, vcfg.portrait_model):
+            if rel and not Path(rel).is_absolute() and (source / rel).is_dir():
+                if (out / rel).resolve() != (source / rel).resolve():
+                    shutil.copytree(source / rel, out / rel, dirs_exist_ok=True)
+    TrainedWeights.save(model, out)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.video.state_dict().items()}
+    save_file(state, str(out / VIDEO_PROJECTORS_NAME), metadata={"format": "pt"})
+    cfg.save(out)
+    vcfg.save(out)
+    return out

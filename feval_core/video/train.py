@@ -1,0 +1,233 @@
+"""Training and evaluating a video checkpoint: FVQ-Rater's two stages on the image engine.
+
+The schedules, learning-rate rule and losses are the image trainer's (:mod:`feval_core.train`): ``levels``
+(default: cross-entropy of the MOS band's rating word after the answer prefix), ``regression`` (smooth-L1 of the
+score head), ``two_stage`` (FVQ-Rater: levels, then regression) or ``joint``; the learning rate defaults to
+``1e-4 x 2048 / (LLM width)``, with warm-up, a cosine decay per stage and gradient clipping. The backbone's vision
+tower, the temporal encoder, the segmenter and the face pack stay frozen; the LoRA expert, the backbone's vision
+projector, the facial, temporal and portrait projectors and the head are trained. The frozen encoders' features are
+computed once per clip.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..evaluate.metrics import correlation_table
+from ..model.config import DEFAULT_LORA_TARGETS, FaceEncoderConfig, FEvalConfig
+from ..train.config import LR_SCHEDULES, REFERENCE_LR, REFERENCE_WIDTH, SCHEDULES, score_mode_for
+from ..train.steps import lr_factor, readout_losses
+from .checkpoint import build_video_model, load_encoders, save_video_checkpoint
+from .config import BRANCHES, VideoConfig
+from .decode import load_clip
+from .features import FeatureExtractor, detect_faces
+from .model import VideoFeatures, VideoLMM
+from .sources import VideoInputError, VideoSource
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoTrainConfig:
+    """``feval video train``: one run."""
+
+    base: str = field(metadata={"help": "backbone (AutoModelForImageTextToText folder or hub id)"})
+    temporal_model: str = field(metadata={"help": "VideoMAE-family folder or hub id"})
+    portrait_model: str = field(default="", metadata={"help": "Segformer-family folder or hub id ('' with no "
+                                                                "portrait branch)"})
+    portrait_labels: tuple[str, ...] = ("person",)
+    face_pack: str = "buffalo_l"
+    face_root: str | None = None
+    det_size: int = 640
+    branches: tuple[str, ...] = BRANCHES
+    num_key_frames: int = 8
+    num_clip_frames: int = 16
+    temporal_tokens: int = 4
+    portrait_size: int = 128
+    frame_side: int = 448
+    num_face_tokens: int = 1
+    max_image_pixels: int = 448 * 448
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_targets: str = DEFAULT_LORA_TARGETS
+    epochs: int = 3
+    batch_size: int = 8
+    schedule: str = field(default="levels", metadata={"help": f"one of {SCHEDULES} (see `feval train`)"})
+    lr: float | None = field(default=None, metadata={
+        "help": f"learning rate of the expert and projectors; default {REFERENCE_LR:g} x {REFERENCE_WIDTH} / "
+                "(LLM hidden size), as `feval train`"})
+    head_lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    lr_schedule: str = field(default="cosine", metadata={"help": f"one of {LR_SCHEDULES}"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    level_weight: float = field(default=0.25, metadata={"help": "joint: weight of the rating-word loss"})
+    stage1_fraction: float = field(default=0.5, metadata={"help": "two_stage: share of the steps on rating words"})
+    train_vision_projector: bool = field(default=True, metadata={"help": "train the backbone's vision projector"})
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.branches, self.portrait_labels = tuple(self.branches), tuple(self.portrait_labels)
+        if "portrait" in self.branches and not self.portrait_model:
+            raise ConfigError("the portrait branch needs portrait_model (a Segformer-family folder or hub id), or "
+                              "leave 'portrait' out of branches")
+        if not 0.0 <= self.stage1_fraction < 1.0 or self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("need epochs >= 1, batch_size >= 1 and stage1_fraction in [0, 1)")
+        if self.schedule not in SCHEDULES or self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES} and lr_schedule one of {LR_SCHEDULES}; got "
+                              f"{self.schedule!r}, {self.lr_schedule!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0 (or left out for the width-scaled default); got {self.lr}")
+
+    def learning_rate(self, hidden_size: int) -> float:
+        return float(self.lr) if self.lr is not None else REFERENCE_LR * REFERENCE_WIDTH / hidden_size
+
+    def stage_bounds(self, total: int) -> list[int]:
+        """Last step (exclusive) of each stage: two for ``two_stage``, else one."""
+        if self.schedule != "two_stage":
+            return [total]
+        return [int(round(self.stage1_fraction * total)), total]
+
+    def stage_weights(self, stage: int) -> dict[str, float]:
+        name = ("levels", "regression")[stage] if self.schedule == "two_stage" else self.schedule
+        return {"levels": {"levels": 1.0}, "regression": {"regression": 1.0},
+                "joint": {"levels": self.level_weight, "regression": 1.0}}[name]
+
+    def video_config(self) -> VideoConfig:
+        return VideoConfig(temporal_model=self.temporal_model, portrait_model=self.portrait_model or "portrait",
+                           portrait_labels=self.portrait_labels, branches=self.branches,
+                           num_key_frames=self.num_key_frames, num_clip_frames=self.num_clip_frames,
+                           temporal_tokens=self.temporal_tokens, portrait_size=self.portrait_size,
+                           frame_side=self.frame_side)
+
+    def feval_config(self) -> FEvalConfig:
+        return FEvalConfig(base_model=self.base, mode="trained", score_mode=score_mode_for(self.schedule),
+                           dims=("quality",), vision_projector="trained" if self.train_vision_projector else "frozen",
+                           num_face_tokens=self.num_face_tokens, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                           lora_target_modules=self.lora_targets,
+                           max_image_pixels=self.max_image_pixels,
+                           face=FaceEncoderConfig(pack=self.face_pack, root=self.face_root, det_size=self.det_size))
+
+
+@dataclass
+class VideoTrainResult:
+    model: VideoLMM
+    extractor: FeatureExtractor
+    val: dict[str, float]
+    skipped: dict[str, str]
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_predictions: np.ndarray | None = None  # scores of the readable validation clips, in their order
+
+
+def extract(extractor: FeatureExtractor, sources: Sequence[VideoSource], batch: int = 16
+            ) -> tuple[list[VideoFeatures | None], dict[str, str]]:
+    """Features of every source (None and an error for one that cannot be read: it is left out, not fatal)."""
+    feats: list[VideoFeatures | None] = [None] * len(sources)
+    errors: dict[str, str] = {}
+    for start in range(0, len(sources), batch):
+        ok, clips, tracks = [], [], []
+        for i in range(start, min(start + batch, len(sources))):
+            try:
+                clip = load_clip(sources[i], extractor.sampling)
+            except VideoInputError as exc:
+                errors[sources[i].name] = str(exc)
+                continue
+            face = extractor.face_encoder if extractor.vconfig.uses("face") else None
+            ok.append(i), clips.append(clip), tracks.append(detect_faces(clip, face))
+        for i, f in zip(ok, extractor(clips, tracks) if clips else []):
+            feats[i] = f
+    return feats, errors
+
+
+def predict(model: VideoLMM, feats: Sequence[VideoFeatures], batch: int = 16) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(feats), batch):
+            out.append(model.scores(model.score_clips(feats[s:s + batch])).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def train_video(cfg: VideoTrainConfig, train: Sequence[tuple[VideoSource, float]],
+                val: Sequence[tuple[VideoSource, float]] = (), *, out: str | Path | None = None,
+                face_encoder: Any = None) -> VideoTrainResult:
+    """Train on (source, MOS) pairs; validate on ``val``; save to ``out`` when given."""
+    t0 = time.time()
+    vcfg = cfg.video_config()
+    temporal, portrait = load_encoders(vcfg, None, cfg.device)
+    extractor = FeatureExtractor(vcfg, temporal, portrait, face_encoder)
+    tr_feats, skipped = extract(extractor, [s for s, _ in train])
+    va_feats, va_skipped = extract(extractor, [s for s, _ in val])
+    skipped.update(va_skipped)
+    tr = [(f, m) for f, (_, m) in zip(tr_feats, train) if f is not None]
+    va = [(f, m) for f, (_, m) in zip(va_feats, val) if f is not None]
+    if not tr:
+        first = next(iter(skipped.values()), "")
+        raise ConfigError(f"no training video could be read ({len(skipped)} errors, e.g. {first})")
+    torch.manual_seed(cfg.seed)
+    model = build_video_model(cfg.feval_config(), vcfg, temporal, portrait, device=cfg.device)
+    history = _loop(model, tr, cfg)
+    metrics, pred = {}, None
+    if va:
+        pred = predict(model, [f for f, _ in va])
+        metrics = correlation_table(pred, np.asarray([m for _, m in va]))
+    if out is not None:
+        save_video_checkpoint(model, out)
+        (Path(out) / "video_train_config.json").write_text(_json(asdict(cfg)))
+    logger.info("video training: %d clips, %d skipped, val %s, %.0f s", len(tr), len(skipped), metrics,
+                time.time() - t0)
+    return VideoTrainResult(model, extractor, metrics, skipped, time.time() - t0, history, pred)
+
+
+def _loop(model: VideoLMM, data: list[tuple[VideoFeatures, float]], cfg: VideoTrainConfig) -> list[dict[str, float]]:
+    """The image trainer's schedule on clips: width-scaled lr, warm-up and decay per stage, clipped gradients."""
+    named = list(model.trainable_parameters())
+    head = [p for n, p in named if n.startswith("heads.head.")]
+    rest = [p for n, p in named if not n.startswith("heads.head.")]
+    lr = cfg.learning_rate(int(model.config.hidden_size))
+    opt = torch.optim.AdamW([{"params": rest, "lr": lr, "base": lr},
+                             {"params": head, "lr": cfg.head_lr, "base": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    total = math.ceil(len(data) / cfg.batch_size) * cfg.epochs
+    bounds = cfg.stage_bounds(total)
+    logger.info("video training: %d steps, schedule %s, lr %.3g (head %.3g)", total, cfg.schedule, lr, cfg.head_lr)
+    history, step = [], 0
+    for _ in range(cfg.epochs):
+        order = rng.permutation(len(data))
+        for s in range(0, len(data), cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            stage = sum(step >= b for b in bounds[:-1])
+            out = model.score_clips([data[i][0] for i in idx])
+            mos = torch.tensor([data[i][1] for i in idx], dtype=torch.float32, device=out.level_logits.device)
+            weights = cfg.stage_weights(stage)
+            level, reg = readout_losses(out, mos, weights)
+            loss = weights.get("levels", 0.0) * level + weights.get("regression", 0.0) * reg
+            factor = lr_factor(step, bounds, cfg)  # type: ignore[arg-type]  # reads warmup_ratio, lr_schedule
+            for g in opt.param_groups:
+                g["lr"] = g["base"] * factor
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                nn.utils.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
+            opt.step()
+            history.append({"step": step, "loss": float(loss.detach()), "stage": stage + 1})
+            step += 1
+    return history
+
+
+def _json(d: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, indent=2) + "\n"
