@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..model.config import FaceEncoderConfig, read_json_config
+from ..model.config import FaceEncoderConfig, read_json_config, write_json_config
 
 FIQA_CONFIG_NAME = "fiqa_config.json"
 FIQA_WEIGHTS_NAME = "model.safetensors"
@@ -124,9 +123,7 @@ class FIQAConfig:
         return dataclasses.asdict(self)
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / FIQA_CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
+        return write_json_config(Path(folder) / FIQA_CONFIG_NAME, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> FIQAConfig:

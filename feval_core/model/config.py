@@ -151,9 +151,7 @@ class FEvalConfig:
         return d
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
+        return write_json_config(Path(folder) / CONFIG_NAME, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> FEvalConfig:
@@ -173,6 +171,13 @@ class FEvalConfig:
                            path)
             config.trust_remote_code = False
         return config
+
+
+def write_json_config(path: str | Path, data: dict[str, Any]) -> Path:
+    """Write a config as the plain JSON :func:`read_json_config` reads back (sorted keys, UTF-8)."""
+    path = Path(path)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def read_json_config(path: str | Path, what: str = "a feval config") -> dict[str, Any]:

@@ -6,7 +6,6 @@ Light on purpose (no torch): ``feval train --help`` builds its options from it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from ..model.config import (
     DEFAULT_LORA_TARGETS,
     DEFAULT_VISION_LORA_TARGETS,
     VISION_EXPERTS,
+    write_json_config,
 )
 
 SCHEDULES: tuple[str, ...] = ("two_stage", "joint", "levels", "regression")
@@ -159,9 +159,7 @@ class TrainConfig:
         return d
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / TRAIN_CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
+        return write_json_config(Path(folder) / TRAIN_CONFIG_NAME, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

@@ -8,13 +8,12 @@ usually, the temporal encoder and portrait segmenter folders.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..model.config import MAX_STRING, read_json_config
+from ..model.config import MAX_STRING, read_json_config, write_json_config
 
 VIDEO_CONFIG_NAME = "video_config.json"
 VIDEO_PROJECTORS_NAME = "video_projectors.safetensors"
@@ -108,9 +107,7 @@ class VideoConfig:
         return d
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / VIDEO_CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
+        return write_json_config(Path(folder) / VIDEO_CONFIG_NAME, self.to_dict())
 
     @classmethod
     def load(cls, folder: str | Path) -> VideoConfig:
