@@ -85,7 +85,8 @@ def _eval_video(args: argparse.Namespace) -> int:
     other = [flag for flag, v in (("--dims", args.dims), ("--no-plots", args.no_plots),
                                   ("--trust-remote-code", args.trust_remote_code)) if v]
     if other:
-        raise UsageError(f"{', '.join(other)} only apply to image checkpoints; {args.model} is a video checkpoint "
+        verb = "applies" if len(other) == 1 else "apply"
+        raise UsageError(f"{', '.join(other)} {verb} only to image checkpoints; {args.model} is a video checkpoint "
                          "(it scores video_quality, with no plots and no remote code): drop them")
     check_folder("--face-root", args.face_root, "models/<pack>")
     out = Path(args.out).expanduser()

@@ -95,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_video(args)
     video_only = [n for n in _video_only() if getattr(args, n, None) is not None]
     if video_only:
-        raise UsageError(f"{_flags(video_only)} only apply to video manifests (rows with a \"video\" key); "
+        raise UsageError(f"{_flags(video_only)} {_verb(video_only)} only to video manifests (rows with a "
+                         "\"video\" key); "
                          f"{args.manifest} is an image manifest: drop them")
     cfg = train_config(args)
     check_train_paths(cfg)
@@ -133,6 +134,10 @@ def _flags(names: list[str]) -> str:
     return ", ".join("--" + n.replace("_", "-") for n in names)
 
 
+def _verb(names: list[str]) -> str:
+    return "applies" if len(names) == 1 else "apply"
+
+
 def _train_video(args: argparse.Namespace) -> int:
     """``feval train`` on a video manifest: ``feval video train``'s code, with the options given."""
     from ..video.train import VideoTrainConfig
@@ -141,7 +146,8 @@ def _train_video(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(VideoTrainConfig)}
     image_only = sorted({n for n in args.given if n not in fields | {"manifest", "out"}})
     if image_only:
-        raise UsageError(f"{_flags(image_only)} only apply to image manifests; {args.manifest} is a video manifest "
+        raise UsageError(f"{_flags(image_only)} {_verb(image_only)} only to image manifests; {args.manifest} is a "
+                         "video manifest "
                          "(rows with a \"video\" key): drop them (video rows take their validation split from "
                          "\"split\"; see `feval video train --help` for the video options)")
     values = {n: getattr(args, n) for n in fields if n in args.given or hasattr(args, n) and n in _video_only()}

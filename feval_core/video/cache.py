@@ -109,14 +109,14 @@ def _write(path: Path, f: VideoFeatures) -> None:
     tensors: dict[str, torch.Tensor] = {"key_times": torch.tensor(f.key_times, dtype=torch.float64),
                                         "face_scores": torch.tensor(f.face_scores, dtype=torch.float32)}
     for i, im in enumerate(f.key_frames):
-        tensors[f"key_frame.{i}"] = torch.from_numpy(np.ascontiguousarray(np.asarray(im, dtype=np.uint8)))
+        tensors[f"key_frame.{i}"] = torch.from_numpy(np.array(im, dtype=np.uint8))
     if f.temporal is not None:
         tensors["temporal"] = f.temporal.detach().float().contiguous().cpu()
     if f.portrait is not None:
         tensors["portrait"] = f.portrait.detach().float().contiguous().cpu()
     for i, e in enumerate(f.faces):
         if e is not None:
-            tensors[f"face.{i}"] = torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32))
+            tensors[f"face.{i}"] = torch.from_numpy(np.array(e, dtype=np.float32))
     meta = {"format": str(CACHE_FORMAT), "frames": str(len(f.key_frames)), "faces": str(len(f.faces))}
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
