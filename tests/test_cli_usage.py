@@ -76,6 +76,8 @@ BAD = [
     ("eval-dims", _set(EVAL, "--dims", "nope"), "unknown dimension 'nope'"),
     ("eval-model", _set(EVAL, "--model", "{tmp}/no_such_ckpt"), "--model"),
     ("eval-out-file", _set(EVAL, "--out", "{img}"), "is a file; give a folder"),
+    ("eval-video-manifest", _set(EVAL, "--manifest", "{vmanifest}"), "is an image checkpoint but --manifest"),
+    ("eval-split-image", _set(EVAL, "--split", "test"), "--split only applies to video manifests"),
     # -- bench
     ("bench-root-missing", _pos(BENCH, 1, "{tmp}/no_bench"), "no such folder; it should hold one folder of images"),
     ("bench-root-file", _pos(BENCH, 1, "{img}"), "is a file, not a folder"),
@@ -96,6 +98,11 @@ BAD = [
     ("train-out-file", _set(TRAIN, "--out", "{img}"), "is a file; give a folder"),
     ("train-face-root", _set(TRAIN, "--face-root", "{tmp}/no_faces"), "--face-root"),
     ("train-resume-fresh", [*TRAIN, "--resume"], "start a new run without --resume"),
+    ("train-mixed-manifest", _set(TRAIN, "--manifest", "{mixed}"), "mixes image rows (line 1) and video rows"),
+    ("train-video-image-option", _set(_set(TRAIN, "--manifest", "{vmanifest}"), "--val-fraction", "0.2"),
+     "--val-fraction applies only to image manifests"),
+    ("train-image-video-option", _set(TRAIN, "--branches", "spatial"), "--branches applies only to video manifests"),
+    ("train-video-no-temporal", _set(TRAIN, "--manifest", "{vmanifest}"), "a video manifest needs --temporal-model"),
     # -- split / import-faceq
     ("split-manifest", _pos(SPLIT, 1, "{tmp}/no.jsonl"), "no such file"),
     ("split-fractions-two", _set(SPLIT, "--fractions", "0.5,0.5"), "--fractions must be three numbers"),
@@ -143,10 +150,14 @@ def paths(tmp_path: Path, tiny_ckpt: Path) -> dict[str, str]:
         face.save(folder / "face.png")
     (tmp_path / "manifest.jsonl").write_text(json.dumps({"image": "imgs/face.png", "task": "generation",
                                                          "mos": {"quality": 62.5}}) + "\n")
+    video_row = json.dumps({"video": "clips/a.mp4", "mos": 50.0}) + "\n"
+    (tmp_path / "videos.jsonl").write_text(video_row)
+    (tmp_path / "mixed.jsonl").write_text((tmp_path / "manifest.jsonl").read_text() + video_row)
     return {"tmp": str(tmp_path), "ckpt": str(tiny_ckpt), "backbone": str(tiny_ckpt / "backbone"),
             "img": str(imgs / "face.png"), "imgs": str(imgs), "nested": str(nested.parent),
             "empty": str(tmp_path / "empty"), "manifest": str(tmp_path / "manifest.jsonl"),
-            "bench": str(bench.parent), "faceq": str(tmp_path / "faceq")}
+            "bench": str(bench.parent), "faceq": str(tmp_path / "faceq"),
+            "vmanifest": str(tmp_path / "videos.jsonl"), "mixed": str(tmp_path / "mixed.jsonl")}
 
 
 @pytest.fixture()

@@ -31,17 +31,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     t = vsub.add_parser("train", help="train a video checkpoint on a video manifest (schedules and learning-rate rule "
                                       "of `feval train`)")
     t.add_argument("--manifest", required=True, help='JSON Lines {"video": ..., "mos": 0-100, "split"?: ...}')
-    t.add_argument("--out", required=True, help="checkpoint folder to write")
-    from ..video.train import VideoTrainConfig
-
-    for f in dataclasses.fields(VideoTrainConfig):
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
-        conv = int if kind == "int" else float if kind.startswith("float") else _flag if kind == "bool" else str
-        if "tuple" in kind:
-            t.add_argument("--" + f.name.replace("_", "-"), help="comma-separated " + f.metadata.get("help", ""))
-        else:
-            t.add_argument("--" + f.name.replace("_", "-"), type=conv, required=f.name in ("base", "temporal_model"),
-                           help=f.metadata.get("help"))
+    t.add_argument("--out", required=True, help="run folder: the checkpoint, resumable state, feature cache")
+    add_video_train_options(t, required=("base", "temporal_model"))
     t.set_defaults(func=cmd_train)
     e = vsub.add_parser("eval", help="SRCC / KRCC / PLCC of a video checkpoint on a video manifest")
     e.add_argument("--model", required=True)
@@ -71,50 +62,116 @@ def _rows(manifest: str, split: str | None) -> list[tuple[Any, float]]:
     return [(VideoSource("file", str(r.video), str(r.video)), r.mos) for r in rows]
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from ..scoring.scorer import _load_face_encoder
-    from ..video.train import VideoTrainConfig, train_video
+def add_video_train_options(p: argparse.ArgumentParser, *, skip: frozenset[str] = frozenset(),
+                            required: tuple[str, ...] = (), note: str = "") -> list[str]:
+    """One option per :class:`~feval_core.video.train.VideoTrainConfig` field not in ``skip`` (default None: the
+    dataclass's default applies); returns the field names added."""
+    from ..video.train import VideoTrainConfig
 
-    check_file("--manifest", args.manifest)
-    check_out_folder("out", args.out)
+    added = []
+    for f in dataclasses.fields(VideoTrainConfig):
+        if f.name in skip:
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+        conv = int if kind.startswith("int") else float if kind.startswith("float") else _flag if kind == "bool" \
+            else str
+        flag, help_ = "--" + f.name.replace("_", "-"), note + (f.metadata.get("help") or "")
+        extra: dict[str, Any] = {}
+        if note:  # beside another command's options: absent unless given, the dataclass's default in the help
+            default = f.default if f.default is not dataclasses.MISSING else "required"
+            extra["default"] = argparse.SUPPRESS
+            help_ += f" (default: {','.join(default) if isinstance(default, tuple) else default})"
+        if "tuple" in kind:
+            p.add_argument(flag, help=note + "comma-separated " + help_[len(note):], **extra)
+        elif kind == "bool":  # --resume, --resume true, --train-vision-projector false
+            p.add_argument(flag, type=_flag, nargs="?", const=True, help=help_ or None, **extra)
+        else:
+            p.add_argument(flag, type=conv, required=f.name in required, help=help_ or None, **extra)
+        added.append(f.name)
+    return added
+
+
+def video_train_config(values: dict[str, Any]) -> Any:
+    """The :class:`~feval_core.video.train.VideoTrainConfig` of parsed options (None: not given)."""
+    from ..errors import ConfigError
+    from ..video.train import VideoTrainConfig
+
     kw = {}
     for f in dataclasses.fields(VideoTrainConfig):
-        v = getattr(args, f.name)
+        v = values.get(f.name)
         if v is not None:
-            kw[f.name] = tuple(x.strip() for x in v.split(",")) if "tuple" in str(f.type) else v
-    cfg = VideoTrainConfig(**kw)
-    from ..video.manifest import read_video_manifest
+            kw[f.name] = tuple(x.strip() for x in v.split(",")) if "tuple" in str(f.type) and isinstance(v, str) \
+                else v
+    missing = [f.name for f in dataclasses.fields(VideoTrainConfig)
+               if f.name not in kw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UsageError("a video manifest needs " + ", ".join("--" + m.replace("_", "-") for m in missing)
+                         + " (e.g. --temporal-model MCG-NJU/videomae-base, a VideoMAE-family folder or hub id)")
+    try:
+        return VideoTrainConfig(**kw)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
 
-    rows = read_video_manifest(args.manifest)
+
+def run_video_train(cfg: Any, manifest: str, out: str) -> int:
+    """Train (or resume) a video checkpoint on a video manifest: ``feval video train`` and ``feval train`` on a video
+    manifest. Rows with split "train" train and "val" validate (no split: every row trains)."""
+    from ..scoring.scorer import _load_face_encoder
+    from ..video.manifest import manifest_kind, read_video_manifest
+    from ..video.train import train_video
+
+    check_file("--manifest", manifest)
+    check_out_folder("--out", out)
+    manifest_kind(manifest, expect="video")
+    rows = read_video_manifest(manifest)
     has_split = any(r.split for r in rows)
-    train = _rows(args.manifest, "train" if has_split else None)
-    val = _rows(args.manifest, "val") if any(r.split == "val" for r in rows) else []
+    train = _rows(manifest, "train" if has_split else None)
+    val = _rows(manifest, "val") if any(r.split == "val" for r in rows) else []
     face = _load_face_encoder(cfg.feval_config(), None, cfg.device, cfg.face_root) if "face" in cfg.branches else None
-    res = train_video(cfg, train, val, out=args.out, face_encoder=face)
-    print(json.dumps({"out": args.out, "val": res.val, "skipped": len(res.skipped), "seconds": round(res.seconds, 1)}))
+    res = train_video(cfg, train, val, out=out, face_encoder=face)
+    print(json.dumps({"out": out, "steps": res.steps, "finished": res.finished, "val": res.val,
+                      "skipped": len(res.skipped), "feature_cache": res.cache, "seconds": round(res.seconds, 1)}))
+    if not res.finished:
+        print(f"stopped after {res.steps} steps; continue with the same command and --resume", file=sys.stderr)
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    return run_video_train(video_train_config(vars(args)), args.manifest, args.out)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    check_file("--manifest", args.manifest)
+    table = evaluate_video(args.model, args.manifest, split=args.split, rows_out=args.out, device=args.device,
+                           batch_size=args.batch_size)
+    print(json.dumps(table))
+    return EXIT_SOME_FAILED if table["failed"] else EXIT_OK
+
+
+def evaluate_video(model: str, manifest: str, *, split: str | None = None, rows_out: str | Path | None = None,
+                   device: str | None = None, batch_size: int = 4, **scorer_kwargs: Any) -> dict[str, Any]:
+    """SRCC / KRCC / PLCC of a video checkpoint on a video manifest (``n`` scored, ``failed`` unreadable); per-video
+    rows appended to ``rows_out`` (resumable). ``feval video eval`` and ``feval eval`` on a video checkpoint."""
     import numpy as np
 
     from ..evaluate.metrics import correlation_table
+    from ..video.manifest import manifest_kind
     from ..video.scorer import VideoScorer
 
-    check_file("--manifest", args.manifest)
-    check_min("--batch-size", args.batch_size)
-    check_device(args.device)
-    pairs = _rows(args.manifest, args.split)
-    scorer = VideoScorer.from_pretrained(args.model, device=args.device or "cpu")
+    check_out_file("--out", None if rows_out is None else str(rows_out))
+    check_min("--batch-size", batch_size)
+    check_device(device)
+    manifest_kind(manifest, expect="video")
+    pairs = _rows(manifest, split)
+    scorer = VideoScorer.from_pretrained(model, device=device or "cpu", **scorer_kwargs)
     sources = [s for s, _ in pairs]
-    rows = (scorer.score_to_file(sources, args.out, batch_size=args.batch_size) if args.out
-            else scorer.score(sources, batch_size=args.batch_size))
+    rows = (scorer.score_to_file(sources, rows_out, batch_size=batch_size) if rows_out
+            else scorer.score(sources, batch_size=batch_size))
     by_name = {r["image"]: r.get("video_quality") for r in rows}
     pred = np.asarray([by_name.get(s.name) if by_name.get(s.name) is not None else np.nan for s, _ in pairs], float)
     ok = np.isfinite(pred)
     table = correlation_table(pred[ok], np.asarray([m for _, m in pairs])[ok])
-    print(json.dumps({"n": int(ok.sum()), "failed": int((~ok).sum()), **table}))
-    return EXIT_SOME_FAILED if (~ok).any() else EXIT_OK
+    return {"n": int(ok.sum()), "failed": int((~ok).sum()), **table}
 
 
 def cmd_import(args: argparse.Namespace) -> int:

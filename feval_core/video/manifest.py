@@ -66,6 +66,32 @@ def read_video_manifest(path: str | os.PathLike[str], *, check_files: bool = Tru
     return rows
 
 
+def manifest_kind(path: str | os.PathLike[str], *, expect: str | None = None) -> str:
+    """``"video"`` when the manifest's rows have a ``"video"`` key, ``"image"`` when they do not; a manifest with
+    both kinds is refused, and so is the other kind when ``expect`` names one. Lines that are not JSON objects are
+    left to the manifest readers, which report them."""
+    path = Path(path)
+    first: dict[str, int] = {}
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            obj = json.loads(raw) if raw.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            first.setdefault("video" if "video" in obj else "image", n)
+    if len(first) == 2:
+        raise ManifestError(f"{path} mixes image rows (line {first['image']}) and video rows with a \"video\" key "
+                            f"(line {first['video']}); put them in two manifests and train an image checkpoint and a "
+                            "video checkpoint (`feval train --manifest videos.jsonl --temporal-model ...`) apart")
+    kind = next(iter(first), "image")
+    if expect is not None and kind != expect:
+        hint = ('rows like {"video": "clips/a.mp4", "mos": 63.2}' if expect == "video"
+                else 'rows like {"image": "a.png", "task": "generation", "mos": {...}}')
+        raise ManifestError(f"{path} is {'a video' if kind == 'video' else 'an image'} manifest, but this needs "
+                            f"{'a video' if expect == 'video' else 'an image'} manifest ({hint})")
+    return kind
+
+
 def _row(obj: Any, base: Path, n: int, check_files: bool) -> tuple[VideoRow | None, str | None]:
     if not isinstance(obj, dict) or not isinstance(obj.get("video"), str) or not obj["video"]:
         return None, 'each line must be an object with "video" (a path) and "mos" (0..100)'

@@ -11,8 +11,8 @@ computed once per clip.
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,17 +21,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from ..evaluate.metrics import correlation_table
 from ..model.config import DEFAULT_LORA_TARGETS, FaceEncoderConfig, FEvalConfig
-from ..train.config import LR_SCHEDULES, REFERENCE_LR, REFERENCE_WIDTH, SCHEDULES, score_mode_for
-from ..train.steps import lr_factor, readout_losses
+from ..train.config import LR_SCHEDULES, REFERENCE_LR, REFERENCE_WIDTH, RESUME_FREE, SCHEDULES, score_mode_for
+from .cache import FeatureCache
 from .checkpoint import build_video_model, load_encoders, save_video_checkpoint
 from .config import BRANCHES, VideoConfig
 from .decode import load_clip
 from .features import FeatureExtractor, detect_faces
+from .loop import run_loop
 from .model import VideoFeatures, VideoLMM
 from .sources import VideoInputError, VideoSource
 
@@ -77,6 +77,13 @@ class VideoTrainConfig:
     train_vision_projector: bool = field(default=True, metadata={"help": "train the backbone's vision projector"})
     seed: int = 0
     device: str = "cpu"
+    save_every: int = field(default=50, metadata={"help": "write resumable state every N optimizer steps (and at "
+                                                          "each epoch's end)"})
+    stop_after: int | None = field(default=None, metadata={
+        "help": "stop (saving resumable state) after this many optimizer steps; --resume continues"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its saved state"})
+    feature_cache: bool = field(default=True, metadata={
+        "help": "keep the frozen encoders' features of each clip in <out>/feature_cache (reruns skip decoding)"})
 
     def __post_init__(self) -> None:
         self.branches, self.portrait_labels = tuple(self.branches), tuple(self.portrait_labels)
@@ -130,16 +137,28 @@ class VideoTrainResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     val_predictions: np.ndarray | None = None  # scores of the readable validation clips, in their order
+    steps: int = 0
+    finished: bool = True  # False: stopped by stop_after; resume with resume=True
+    cache: dict[str, int] = field(default_factory=dict)  # feature cache: clips found ("hits") and written ("stored")
 
 
-def extract(extractor: FeatureExtractor, sources: Sequence[VideoSource], batch: int = 16
-            ) -> tuple[list[VideoFeatures | None], dict[str, str]]:
-    """Features of every source (None and an error for one that cannot be read: it is left out, not fatal)."""
+VIDEO_TRAIN_CONFIG_NAME = "video_train_config.json"
+STATE_FREE = RESUME_FREE | {"device", "feature_cache"}
+"""Fields that may change when a run is resumed (the image trainer's, the device and the cache switch)."""
+
+
+def extract(extractor: FeatureExtractor, sources: Sequence[VideoSource], batch: int = 16,
+            cache: FeatureCache | None = None) -> tuple[list[VideoFeatures | None], dict[str, str]]:
+    """Features of every source (None and an error for one that cannot be read: it is left out, not fatal). With a
+    ``cache``, clips found there are not decoded, and the others are stored."""
     feats: list[VideoFeatures | None] = [None] * len(sources)
     errors: dict[str, str] = {}
     for start in range(0, len(sources), batch):
         ok, clips, tracks = [], [], []
         for i in range(start, min(start + batch, len(sources))):
+            feats[i] = cache.get(sources[i]) if cache is not None else None
+            if feats[i] is not None:
+                continue
             try:
                 clip = load_clip(sources[i], extractor.sampling)
             except VideoInputError as exc:
@@ -149,6 +168,8 @@ def extract(extractor: FeatureExtractor, sources: Sequence[VideoSource], batch: 
             ok.append(i), clips.append(clip), tracks.append(detect_faces(clip, face))
         for i, f in zip(ok, extractor(clips, tracks) if clips else []):
             feats[i] = f
+            if cache is not None:
+                cache.put(sources[i], f)
     return feats, errors
 
 
@@ -160,16 +181,58 @@ def predict(model: VideoLMM, feats: Sequence[VideoFeatures], batch: int = 16) ->
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def check_run(cfg: VideoTrainConfig, out: str | Path | None) -> None:
+    """The run options, and the run folder against them: a new run does not write over a run's state, and a resumed
+    one exists and has the settings it started with."""
+    from ..train.state import STATE_DIR, STATE_FILE
+
+    if not isinstance(cfg.save_every, int) or cfg.save_every < 1:
+        raise ConfigError(f"save_every must be a positive integer; got {cfg.save_every!r}")
+    if cfg.stop_after is not None and (not isinstance(cfg.stop_after, int) or cfg.stop_after < 1):
+        raise ConfigError(f"stop_after must be a positive integer or None; got {cfg.stop_after!r}")
+    if out is None:
+        if cfg.resume or cfg.stop_after:
+            raise ConfigError("resume and stop_after need a run folder (out=...) to keep the state in")
+        return
+    run = Path(out).expanduser()
+    has_state = (run / STATE_DIR / STATE_FILE).is_file()
+    if not cfg.resume:
+        if has_state:
+            raise ConfigError(f"{run} holds an unfinished or finished video run; pass --resume to continue it, or "
+                              "choose another --out")
+        return
+    saved = run / VIDEO_TRAIN_CONFIG_NAME
+    if not has_state or not saved.is_file():
+        raise ConfigError(f"--resume: no saved video training state in {run}; start a new run without --resume")
+    old = json.loads(saved.read_text(encoding="utf-8"))
+    new = json.loads(_json(asdict(cfg)))
+    diff = sorted(k for k in new if k not in STATE_FREE and old.get(k) != new[k])
+    if diff:
+        raise ConfigError(f"--resume: settings differ from the run in {run}: "
+                          + ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in diff)
+                          + "; resume with the same settings, or start a new run in another folder")
+
+
 def train_video(cfg: VideoTrainConfig, train: Sequence[tuple[VideoSource, float]],
                 val: Sequence[tuple[VideoSource, float]] = (), *, out: str | Path | None = None,
                 face_encoder: Any = None) -> VideoTrainResult:
-    """Train on (source, MOS) pairs; validate on ``val``; save to ``out`` when given."""
+    """Train on (source, MOS) pairs; validate on ``val``; save to ``out`` when given. With ``out``, the run is
+    resumable (state in ``out/state``) and the frozen features are cached in ``out/feature_cache``."""
     t0 = time.time()
+    check_run(cfg, out)
+    run = Path(out).expanduser() if out is not None else None
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / VIDEO_TRAIN_CONFIG_NAME).write_text(_json(asdict(cfg)), encoding="utf-8")
     vcfg = cfg.video_config()
     temporal, portrait = load_encoders(vcfg, None, cfg.device)
     extractor = FeatureExtractor(vcfg, temporal, portrait, face_encoder)
-    tr_feats, skipped = extract(extractor, [s for s, _ in train])
-    va_feats, va_skipped = extract(extractor, [s for s, _ in val])
+    cache = None
+    if run is not None and cfg.feature_cache:
+        face = {"pack": cfg.face_pack, "root": cfg.face_root, "det_size": cfg.det_size} if vcfg.uses("face") else None
+        cache = FeatureCache.for_run(run, vcfg, face)
+    tr_feats, skipped = extract(extractor, [s for s, _ in train], cache=cache)
+    va_feats, va_skipped = extract(extractor, [s for s, _ in val], cache=cache)
     skipped.update(va_skipped)
     tr = [(f, m) for f, (_, m) in zip(tr_feats, train) if f is not None]
     va = [(f, m) for f, (_, m) in zip(va_feats, val) if f is not None]
@@ -178,56 +241,19 @@ def train_video(cfg: VideoTrainConfig, train: Sequence[tuple[VideoSource, float]
         raise ConfigError(f"no training video could be read ({len(skipped)} errors, e.g. {first})")
     torch.manual_seed(cfg.seed)
     model = build_video_model(cfg.feval_config(), vcfg, temporal, portrait, device=cfg.device)
-    history = _loop(model, tr, cfg)
+    loop = run_loop(model, tr, cfg, run)
     metrics, pred = {}, None
-    if va:
+    if va and loop.finished:
         pred = predict(model, [f for f, _ in va])
         metrics = correlation_table(pred, np.asarray([m for _, m in va]))
-    if out is not None:
-        save_video_checkpoint(model, out)
-        (Path(out) / "video_train_config.json").write_text(_json(asdict(cfg)))
-    logger.info("video training: %d clips, %d skipped, val %s, %.0f s", len(tr), len(skipped), metrics,
-                time.time() - t0)
-    return VideoTrainResult(model, extractor, metrics, skipped, time.time() - t0, history, pred)
-
-
-def _loop(model: VideoLMM, data: list[tuple[VideoFeatures, float]], cfg: VideoTrainConfig) -> list[dict[str, float]]:
-    """The image trainer's schedule on clips: width-scaled lr, warm-up and decay per stage, clipped gradients."""
-    named = list(model.trainable_parameters())
-    head = [p for n, p in named if n.startswith("heads.head.")]
-    rest = [p for n, p in named if not n.startswith("heads.head.")]
-    lr = cfg.learning_rate(int(model.config.hidden_size))
-    opt = torch.optim.AdamW([{"params": rest, "lr": lr, "base": lr},
-                             {"params": head, "lr": cfg.head_lr, "base": cfg.head_lr}], weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
-    total = math.ceil(len(data) / cfg.batch_size) * cfg.epochs
-    bounds = cfg.stage_bounds(total)
-    logger.info("video training: %d steps, schedule %s, lr %.3g (head %.3g)", total, cfg.schedule, lr, cfg.head_lr)
-    history, step = [], 0
-    for _ in range(cfg.epochs):
-        order = rng.permutation(len(data))
-        for s in range(0, len(data), cfg.batch_size):
-            idx = order[s:s + cfg.batch_size]
-            stage = sum(step >= b for b in bounds[:-1])
-            out = model.score_clips([data[i][0] for i in idx])
-            mos = torch.tensor([data[i][1] for i in idx], dtype=torch.float32, device=out.level_logits.device)
-            weights = cfg.stage_weights(stage)
-            level, reg = readout_losses(out, mos, weights)
-            loss = weights.get("levels", 0.0) * level + weights.get("regression", 0.0) * reg
-            factor = lr_factor(step, bounds, cfg)  # type: ignore[arg-type]  # reads warmup_ratio, lr_schedule
-            for g in opt.param_groups:
-                g["lr"] = g["base"] * factor
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm:
-                nn.utils.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
-            opt.step()
-            history.append({"step": step, "loss": float(loss.detach()), "stage": stage + 1})
-            step += 1
-    return history
+    if run is not None and loop.finished:
+        save_video_checkpoint(model, run)
+    stats = {"hits": cache.hits, "stored": cache.stored} if cache is not None else {}
+    logger.info("video training: %d clips, %d skipped, feature cache %s, %d of %d steps, val %s, %.0f s", len(tr),
+                len(skipped), stats or "off", loop.steps, loop.total, metrics, time.time() - t0)
+    return VideoTrainResult(model, extractor, metrics, skipped, time.time() - t0, loop.history, pred, loop.steps,
+                            loop.finished, stats)
 
 
 def _json(d: dict[str, Any]) -> str:
-    import json
-
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, indent=2) + "\n"
