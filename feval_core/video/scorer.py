@@ -34,6 +34,7 @@ class VideoScorer:
     def __init__(self, parts: VideoParts, *, workers: int | None = None) -> None:
         self.model, self.extractor, self.folder = parts.model, parts.extractor, parts.folder
         self.workers = workers
+        self.last_prefetch: Any = None  # the last run's PrefetchStats (wait_s: time the model waited for clips)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, *, device: str | torch.device = "cpu",
@@ -69,6 +70,7 @@ class VideoScorer:
         """Rows in input order, one list per batch; ``skip``: names already scored (resuming)."""
         sources = [s for s in expand_videos(videos, fps=fps) if not skip or s.name not in skip]
         pre = Prefetcher(chunked(sources, batch_size), self._prepare, workers=self.workers)
+        self.last_prefetch = pre.stats
         done = 0
         for chunk in pre:
             names = [s.name for s in sources[done:done + len(chunk)]]
