@@ -15,7 +15,9 @@ kept for the steps that must come after; a skipped step is listed in the JSON wi
    batch; 1024 px if time remains; the naive path (fp32, one image x one dimension per forward) and the ratio;
 3. the differentiable reward with the vision tower once per image vs once per row (the last backbone);
 4. face detection with 1 vs 2 workers on this machine's CPU (real-size random-weight SCRFD-10G + iResNet-50);
-5. the scorers other rooms add (``--extras``; FIQA and video plug in through ``benchmarks/speed/sections.py``).
+5. the scorers other rooms add (``--extras``; FIQA and video plug in through ``benchmarks/speed/sections.py``):
+   ViT-FIQA crops/s; face-video clips/s at 8 key frames, batch 1/4/8 (Qwen2.5-VL-3B-class + VideoMAE-base +
+   Segformer-b0 + the real-size face pack), each only when its estimate fits.
 
 Faces come from the real-size random-weight pack, so the CPU side costs what ``buffalo_l`` costs. The JSON is
 rewritten after every step: a run cut short still leaves what it measured.
@@ -46,7 +48,13 @@ from benchmarks.speed.budget import Budget  # noqa: E402
 from benchmarks.speed.measure import matmul_peak, per_run  # noqa: E402
 from benchmarks.speed.report import markdown  # noqa: E402
 from benchmarks.speed.run import BackboneRun, relative_cost  # noqa: E402
-from benchmarks.speed.sections import EXTRA_SECTIONS, detect_workers_ratio, reward_vision_ratio, run_extra  # noqa: E402
+from benchmarks.speed.sections import (  # noqa: E402
+    EXTRA_SECTIONS,
+    detect_workers_ratio,
+    extra_estimate_s,
+    reward_vision_ratio,
+    run_extra,
+)
 from benchmarks.throughput import run_meta, write_json  # noqa: E402
 
 logger = logging.getLogger("feval.bench")
@@ -186,7 +194,13 @@ class Suite:
 
     def extras(self) -> None:
         for name in self.args.extras:
-            self.sections[name] = run_extra(name, self.device, max(0.0, self.budget.remaining()), self.args.dry_run)
+            estimate = extra_estimate_s(name, self.args.dry_run)
+            if not self.budget.fits(f"{name} section", estimate):
+                self.sections[name] = {"status": "skipped (budget)", "estimate_s": estimate}
+                continue
+            with self.budget.step(f"{name} section"):
+                self.sections[name] = run_extra(name, self.device, max(0.0, self.budget.remaining()),
+                                                self.args.dry_run)
             self.save()
 
 

@@ -6,8 +6,9 @@
 
 Everything between ``<!-- gpu-suite:begin -->`` and ``<!-- gpu-suite:end -->`` is replaced: one row per
 measurement (backbone, batch, image size, img/s, MFU, peak GPU memory, ratio to the naive path, CPU wait, GPU),
-then the GPU, date and command of the run, the ablations, the differentiable-reward and face-detection ratios
-and the steps the budget skipped. A dry run's JSON (CPU figures) is refused unless ``--allow-dry-run``.
+then the GPU, date and command of the run, the ablations, the differentiable-reward and face-detection ratios,
+the tables of the extra sections (ViT-FIQA, face video) and the steps the budget skipped. A dry run's JSON (CPU
+figures) is refused unless ``--allow-dry-run``.
 """
 
 from __future__ import annotations
@@ -66,12 +67,21 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"- Face detection + ArcFace on the CPU (SCRFD-10G + iResNet-50 class, det {d['det_size']} px): "
                      f"2 workers {d['ratio']:.2f}× 1 worker (a 1-thread session each), "
                      f"{d.get('ratio_vs_old_lock', math.nan):.2f}× 2 workers under the old lock")
-    for name in ("fiqa", "video"):
-        if name in sections and sections[name].get("status") == "measured":
-            lines.append(f"- {name}: {sections[name].get('table', json.dumps(sections[name]))}")
+    for name, title in (("fiqa", "Face utility (ViT-FIQA)"), ("video", "Face video quality (FVQ-Rater)")):
+        section = sections.get(name, {})
+        if section.get("status") == "measured":
+            table = section.get("table") or json.dumps(section)
+            lines += ["", f"{title}, {section.get('dtype', '?')}{_clip_note(section.get('clip'))}:", "", table]
     for s in meta.get("skipped", []):
         lines.append(f"- Not measured (time budget): {s['step']}")
     return "\n".join(lines)
+
+
+def _clip_note(clip: dict[str, Any] | None) -> str:
+    if not clip:
+        return ""
+    return (f"; clips of {clip['frames']} frames, {clip['px']} px, {clip['fps']} fps (mp4, decoded by the prefetch "
+            f"workers), {clip['key_frames']} key frames + a {clip['clip_frames']}-frame clip each")
 
 
 def replace_block(text: str, block: str) -> str:

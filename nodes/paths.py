@@ -16,13 +16,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import folder_paths
 
-from feval_core.model.config import CONFIG_NAME
+from feval_core.model.config import CONFIG_NAME, VIDEO_CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
 FEVAL_FOLDER = "feval"
 FACE_FOLDER = "insightface"
 HUB_CACHE = "hub-cache"
+VIDEO_NODE = "Score face video (FVQ-Rater)"
 NO_CHECKPOINT = "(none)"
 """The checkpoint choice for graphs that load from the hub: always offered, so such a graph is valid on every disk."""
 OLD_NO_CHECKPOINT = "(no checkpoints in models/feval)"  # what graphs saved by earlier versions store
@@ -68,8 +69,10 @@ def list_checkpoints() -> list[str]:
     """Checkpoint folders (relative names) found in the feval model folders (empty when none)."""
     register_folders()
     files = [f for f in folder_paths.get_filename_list(FEVAL_FOLDER) if not _is_cache_path(f)]
+    videos = {os.path.dirname(f) for f in files if os.path.basename(f) == VIDEO_CONFIG_NAME}
     ckpts = sorted({os.path.dirname(f) for f in files if os.path.basename(f) == CONFIG_NAME} - {""})
     inside = tuple(c + os.sep for c in ckpts)
+    ckpts = [c for c in ckpts if c not in videos]  # video checkpoints belong to the face-video node
     vlms = sorted({os.path.dirname(f) for f in files if os.path.basename(f) == _VLM_CONFIG} - {""} - set(ckpts))
     vlms = [v for v in vlms if not (v + os.sep).startswith(inside)]
     return ckpts + vlms
@@ -104,6 +107,9 @@ def resolve_checkpoint(name: str) -> Path:
                 f"checkpoint {name!r} resolves to {found.resolve().parent}, outside the feval model folders "
                 f"({where}); a link may not lead out of them. Add its real location to extra_model_paths.yaml "
                 "under 'feval:' instead.")
+        if (found.parent / VIDEO_CONFIG_NAME).is_file():
+            raise ValueError(f"checkpoint {name!r} is a face-video checkpoint ({VIDEO_CONFIG_NAME}): it scores videos, "
+                             f"not images. Pick it in the '{VIDEO_NODE}' node; here pick an F-Eval image checkpoint")
         return found.parent.resolve()
     raise FileNotFoundError(f"no checkpoint {name!r} in {where}: expected a folder with {CONFIG_NAME} "
                             f"(a feval checkpoint) or {_VLM_CONFIG} (a base VLM for zero-shot scoring)")
@@ -185,10 +191,35 @@ def resolve_model_folder(name: str, config_name: str, what: str, command: str, u
     posix = PurePosixPath(name.replace("\\", "/"))
     if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
         raise ValueError(f"{what} {name!r} must be the name of a folder inside {where}, not a path")
-    found = Path(folder_paths.get_full_path_or_raise(FEVAL_FOLDER, f"{name}/{config_name}"))
+    try:
+        found = Path(folder_paths.get_full_path_or_raise(FEVAL_FOLDER, f"{name}/{config_name}"))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{what} {name!r} not found: {_other_kind(name, config_name)}") from exc
     if not all(any(p.resolve().is_relative_to(r.resolve()) for r in roots) for p in (found, found.parent)):
         raise PermissionError(f"{what} {name!r} resolves outside the feval model folders ({where})")
     return found.parent.resolve()
+
+
+MODEL_KINDS = {  # the file that marks each kind of model folder (most specific first), and where it belongs
+    VIDEO_CONFIG_NAME: f"a face-video checkpoint: pick it in the '{VIDEO_NODE}' node",
+    "fiqa_config.json": "a ViT-FIQA model: pick it in the 'Face utility (ViT-FIQA)' node",
+    "prefilter_config.json": "a landmark pre-filter: pick it in the 'Face quick check (landmark pre-filter)' node",
+    CONFIG_NAME: "an F-Eval image checkpoint: load it with the 'Load F-Eval model' node",
+}
+
+
+def _other_kind(name: str, config_name: str) -> str:
+    """Why folder ``name`` (already checked to be a plain name) is not a ``config_name`` model, and what to do."""
+    for marker, kind in MODEL_KINDS.items():
+        if marker == config_name:
+            continue
+        try:
+            found = Path(folder_paths.get_full_path_or_raise(FEVAL_FOLDER, f"{name}/{marker}"))
+        except FileNotFoundError:
+            continue
+        if _inside(found, feval_roots()):
+            return f"that folder is {kind}"
+    return f"no folder with {config_name} by that name in {', '.join(str(r) for r in feval_roots())}"
 
 
 def check_model_folder(name: str | None, resolve) -> bool | str:

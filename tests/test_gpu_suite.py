@@ -60,7 +60,11 @@ def test_dry_run_measures_every_step_and_writes_one_json(dry_run, capsys):
     fiqa = data["sections"]["fiqa"]
     assert fiqa["status"] == "measured" and [r["batch"] for r in fiqa["rows"]][:1] == [4]
     assert all(r["crops_per_s"] > 0 for r in fiqa["rows"])
-    assert data["sections"]["video"]["status"] in ("not built yet", "measured")
+    video = data["sections"]["video"]
+    assert video["status"] == "measured" and [r["batch"] for r in video["rows"]] == [1, 2]
+    for r in video["rows"]:
+        assert r["clips"] == 4 and r["clips_per_s"] > 0 and r["frames_per_s"] == pytest.approx(
+            16 * r["clips_per_s"], rel=0.01) and r["peak_gib"] > 0 and 0 <= r["cpu_wait"] <= 1
     assert "| small Qwen2.5-VL-class (CPU) | 2 | 112 |" in data["table"]
 
 
@@ -80,6 +84,9 @@ def test_dry_run_json_renders_into_the_readme_table(dry_run, tmp_path, capsys):
         assert f"| {r['backbone']} | {r['batch']} | {r['image_px']} | {r['img_per_s']:.2f} |" in block
     assert data["meta"]["device_name"] in block and data["meta"]["date"][:10] in block
     assert "Differentiable reward" in block and "2 workers" in block
+    for r in data["sections"]["video"]["rows"]:  # the video section's rows, as rows of their own table
+        row = f"| tiny video checkpoint (dry run) | {r['batch']} | {r['clips_per_s']} | {r['frames_per_s']} |"
+        assert "\n" + row in block
     assert text.replace(block, "") == original.replace(original[original.index(render.BEGIN):
                                                                original.index(render.END)], ""), \
         "only the block between the markers changes"

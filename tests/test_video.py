@@ -132,8 +132,8 @@ def test_inputs_expand_and_refuse_clearly(tmp_path) -> None:
 
             return SimpleNamespace(images=torch.rand(6, 16, 16, 3), frame_rate=12)
 
-    (src,) = expand_videos([ComfyVideo()])
-    assert src.kind == "array" and src.fps == 12.0
+    (src,) = expand_videos([ComfyVideo()])  # decoded when the clip is loaded (a failure is that video's row)
+    assert src.kind == "comfy" and load_clip(src, Sampling(num_key_frames=2, num_clip_frames=2)).fps == 12.0
 
 
 def test_model_uses_all_four_feature_kinds(scorer) -> None:

@@ -4,9 +4,11 @@
   image vs once per (image, dimension) row, side by side;
 * :func:`detect_workers_ratio` — face detection + ArcFace with 1 and 2 prefetch workers (real-size pack);
 * :func:`run_extra` — the hook for scorers that other rooms add. A room that wants its scorer in the suite gives
-  a module ``feval_core.<room>.benchmark`` with ``gpu_section(device: str, budget_s: float, dry_run: bool) ->
-  dict`` (JSON-able figures; a ``"table"`` entry, if any, is printed). :data:`EXTRA_SECTIONS` names them; until
-  the module exists the section is recorded as ``"not built yet"``.
+  a module ``feval_core.<room>.benchmark`` (or, when it builds its models with the suite's builders and the
+  ``testing`` room, one here in ``benchmarks/speed/``) with ``gpu_section(device: str, budget_s: float, dry_run:
+  bool) -> dict`` (JSON-able figures; a ``"table"`` entry, if any, is printed) and, optionally, ``estimate_s(dry_run)
+  -> float`` (its cost, so that the suite skips it when the budget does not fit). :data:`EXTRA_SECTIONS` names
+  them; until the module exists the section is recorded as ``"not built yet"``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ logger = logging.getLogger("feval.bench")
 
 EXTRA_SECTIONS = {
     "fiqa": "feval_core.fiqa.benchmark",  # face image quality for recognition (ViT-FIQA): utility img/s
-    "video": "feval_core.video.benchmark",  # face video quality (FVQ-Rater): clips/s
+    "video": "benchmarks.speed.video",  # face video quality (FVQ-Rater): clips/s, frames/s
 }
 
 
@@ -88,15 +90,29 @@ def detect_workers_ratio(count: int, size: int, det_size: int, scale: float, wor
             "ratio_vs_old_lock": results[TWO]["img_per_s"] / results[OLD]["img_per_s"]}
 
 
+def extra_module(name: str) -> Any:
+    """The hook module of extra section ``name``, or None while it is not built."""
+    path = EXTRA_SECTIONS[name]
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError as err:
+        if err.name and path.startswith(err.name):
+            return None
+        raise
+
+
+def extra_estimate_s(name: str, dry_run: bool) -> float:
+    """What extra section ``name`` says it costs (0 when it does not say, or is not built)."""
+    estimate = getattr(extra_module(name), "estimate_s", None)
+    return float(estimate(dry_run)) if estimate is not None else 0.0
+
+
 def run_extra(name: str, device: str, budget_s: float, dry_run: bool) -> dict[str, Any]:
     """The section of an extra scorer (see the module doc), or why it has none yet."""
     path = EXTRA_SECTIONS[name]
-    try:
-        module = importlib.import_module(path)
-    except ModuleNotFoundError as err:
-        if err.name and path.startswith(err.name):
-            return {"status": "not built yet", "hook": f"{path}.gpu_section(device, budget_s, dry_run)"}
-        raise
+    module = extra_module(name)
+    if module is None:
+        return {"status": "not built yet", "hook": f"{path}.gpu_section(device, budget_s, dry_run)"}
     section = getattr(module, "gpu_section", None)
     if section is None:
         return {"status": f"{path} has no gpu_section(device, budget_s, dry_run)"}

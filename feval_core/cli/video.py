@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from .checks import UsageError, check_device, check_file, check_min, check_out_file, check_out_folder
@@ -212,4 +211,8 @@ def score_videos_cli(args: argparse.Namespace) -> int:
 
 
 def is_video_model(model: str | None) -> bool:
-    return bool(model) and (Path(model).expanduser() / "video_config.json").is_file()
+    """Whether ``--model`` names a video checkpoint: a local folder, or a hub id (its small files are fetched,
+    from the cache under ``HF_HUB_OFFLINE=1``; an unreachable id is left to the image loader's error)."""
+    from ..model.checkpoint import checkpoint_kind
+
+    return checkpoint_kind(model) == "video"

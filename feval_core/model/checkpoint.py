@@ -15,6 +15,7 @@ from .config import (
     ADAPTERS_DIR,
     CONFIG_NAME,
     PROJECTORS_NAME,
+    VIDEO_CONFIG_NAME,
     VISION_PROJECTOR_NAME,
     FEvalConfig,
     read_json_config,
@@ -32,8 +33,9 @@ REFUSED_ADAPTER_KEYS: dict[str, str] = {
     "layer_replication": "it changes the layer structure of the backbone",
 }
 """adapter_config.json keys that must be null/empty in a feval expert, and why."""
-HUB_PATTERNS = [CONFIG_NAME, PROJECTORS_NAME, VISION_PROJECTOR_NAME, f"{ADAPTERS_DIR}/*/adapter_config.json",
-                f"{ADAPTERS_DIR}/*/adapter_model.safetensors"]
+HUB_PATTERNS = [CONFIG_NAME, PROJECTORS_NAME, VISION_PROJECTOR_NAME, VIDEO_CONFIG_NAME,
+                f"{ADAPTERS_DIR}/*/adapter_config.json", f"{ADAPTERS_DIR}/*/adapter_model.safetensors"]
+"""The small files of a checkpoint on the hub; the folders it ships (backbone, face pack, ...) are added by name."""
 
 
 def scan_for_pickles(folder: Path) -> None:
@@ -52,12 +54,14 @@ def check_links(folder: Path) -> None:
 
     A shared checkpoint could otherwise make feval read any file of yours, and ``save_pretrained`` copy it
     into a folder you may share in turn. Links into the checkpoint itself are fine, and so are the links of a
-    Hugging Face cache snapshot into its repository's ``blobs/`` folder.
+    Hugging Face cache snapshot (or of a folder inside one) into its repository's ``blobs/`` folder.
     """
     folder = Path(folder)
     roots = [folder.resolve()]
-    if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
-        roots.append((folder.parent.parent / "blobs").resolve())
+    for snap in (folder, *folder.parents):  # the snapshot itself or a folder in it (e.g. an encoder it ships)
+        if snap.parent.name == "snapshots" and (snap.parent.parent / "blobs").is_dir():
+            roots.append((snap.parent.parent / "blobs").resolve())
+            break
     for dirpath, dirnames, filenames in os.walk(folder):  # linked folders are listed, never entered
         for name in dirnames + filenames:
             link = Path(dirpath) / name
@@ -154,8 +158,18 @@ def zero_shot_config(base_model: str) -> FEvalConfig:
     return FEvalConfig(base_model=base_model, mode="zero_shot", score_mode="levels")
 
 
+def refuse_video_checkpoint(folder: Path, name: str | Path) -> None:
+    """An image scorer given a video checkpoint: say so, and what scores videos with it."""
+    if (Path(folder) / VIDEO_CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"{name} is a face-video checkpoint ({VIDEO_CONFIG_NAME}): it scores videos, not images. Score videos "
+            f"with it: `feval score CLIP.mp4 --model {name}` or feval_core.video.VideoScorer.from_pretrained(...) "
+            "(ComfyUI: the 'Score face video (FVQ-Rater)' node); for images use an F-Eval image checkpoint.")
+
+
 def resolve_checkpoint(path_or_id: str | Path, **hub_kwargs: Any) -> tuple[Path | None, FEvalConfig]:
-    """Return (local folder or None, config). A VLM without ``feval_config.json`` becomes a zero-shot scorer."""
+    """Return (local folder or None, config). A VLM without ``feval_config.json`` becomes a zero-shot scorer.
+    A video checkpoint is refused with what to use instead."""
     src = str(path_or_id)
     path = Path(src).expanduser()
     if path.exists():
@@ -163,6 +177,7 @@ def resolve_checkpoint(path_or_id: str | Path, **hub_kwargs: Any) -> tuple[Path 
             raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds {CONFIG_NAME}")
         if (path / CONFIG_NAME).exists() or (path / CONFIG_NAME).is_symlink():
             check_checkpoint_tree(path)
+            refuse_video_checkpoint(path, src)
             path = path.resolve()
             return path, FEvalConfig.load(path)
         path = path.resolve()
@@ -170,13 +185,42 @@ def resolve_checkpoint(path_or_id: str | Path, **hub_kwargs: Any) -> tuple[Path 
             logger.info("%s has no %s: scoring zero-shot with it as the base VLM", path, CONFIG_NAME)
             return None, zero_shot_config(str(path))
         raise CheckpointError(f"{path} has neither {CONFIG_NAME} (a feval checkpoint) nor config.json (a VLM)")
-    if src.startswith((".", "/", "~")) or src.count("/") != 1:
-        raise CheckpointError(f"{src!r} is not a folder here and not a hub id like 'org/name'; check the path")
+    check_hub_id(src)
     return _from_hub(src, **hub_kwargs)
 
 
+def check_hub_id(src: str) -> str:
+    """``src`` when it reads as a hub id ``org/name``; else the error for a path that is not there."""
+    if src.startswith((".", "/", "~")) or src.count("/") != 1:
+        raise CheckpointError(f"{src!r} is not a folder here and not a hub id like 'org/name'; check the path")
+    return src
+
+
+def hub_snapshot(repo_id: str, patterns: list[str], **hub_kwargs: Any) -> Path:
+    """The files of hub repo ``repo_id`` matching ``patterns`` (downloaded, or from the cache when
+    ``HF_HUB_OFFLINE=1``), checked like a local checkpoint folder."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **hub_kwargs))
+    except LocalEntryNotFoundError as exc:
+        raise CheckpointError(
+            f"cannot reach the hub for {repo_id!r} and it is not in the local cache ({exc}). Download it on a "
+            "connected machine (`huggingface-cli download ...`) or pass a local folder."
+        ) from exc
+    check_checkpoint_tree(folder)
+    return folder
+
+
+def shipped_folders(*names: str | None) -> list[str]:
+    """Hub patterns for the folders a checkpoint ships (plain relative names one level deep: ``backbone``)."""
+    return [f"{rel}/**" for rel in names
+            if rel and not Path(rel).is_absolute() and ".." not in Path(rel).parts and rel.count("/") == 0]
+
+
 def _from_hub(repo_id: str, **hub_kwargs: Any) -> tuple[Path | None, FEvalConfig]:
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
@@ -190,13 +234,28 @@ def _from_hub(repo_id: str, **hub_kwargs: Any) -> tuple[Path | None, FEvalConfig
         logger.info("%s has no %s: scoring zero-shot with it as the base VLM", repo_id, CONFIG_NAME)
         return None, zero_shot_config(repo_id)
     config = FEvalConfig.load(config_file)
-    patterns = list(HUB_PATTERNS)
-    for rel in (config.base_model, config.face.root):  # folders shipped inside the checkpoint repo
-        if rel and not Path(rel).is_absolute() and ".." not in Path(rel).parts and rel.count("/") == 0:
-            patterns.append(f"{rel}/**")
-    folder = Path(snapshot_download(repo_id, allow_patterns=patterns, **hub_kwargs))
-    check_checkpoint_tree(folder)
+    refuse_video_checkpoint(hub_snapshot(repo_id, HUB_PATTERNS, **hub_kwargs), repo_id)  # before the big folders
+    folder = hub_snapshot(repo_id, HUB_PATTERNS + shipped_folders(config.base_model, config.face.root), **hub_kwargs)
     return folder, FEvalConfig.load(folder)
+
+
+def checkpoint_kind(path_or_id: str | Path | None, **hub_kwargs: Any) -> str | None:
+    """``"video"`` or ``"image"`` for a feval checkpoint (a local folder, or a hub id: its small files only);
+    None when it is neither or cannot be read (the loader then says why)."""
+    if not path_or_id:
+        return None
+    path = Path(str(path_or_id)).expanduser()
+    if path.exists():
+        folder = path
+    else:
+        try:
+            folder = hub_snapshot(check_hub_id(str(path_or_id)), HUB_PATTERNS, **hub_kwargs)
+        except (CheckpointError, OSError, ValueError) as exc:
+            logger.debug("%s: not a readable hub checkpoint (%s)", path_or_id, exc)
+            return None
+    if (folder / VIDEO_CONFIG_NAME).is_file():
+        return "video"
+    return "image" if (folder / CONFIG_NAME).is_file() else None
 
 
 @dataclass

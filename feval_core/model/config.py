@@ -20,6 +20,8 @@ CONFIG_NAME = "feval_config.json"
 PROJECTORS_NAME = "projectors.safetensors"
 VISION_PROJECTOR_NAME = "vision_projector.safetensors"
 ADAPTERS_DIR = "adapters"
+VIDEO_CONFIG_NAME = "video_config.json"
+"""Beside ``feval_config.json``, makes a checkpoint a face-video model (read by :mod:`feval_core.video.config`)."""
 FORMAT_VERSION = 1
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 8

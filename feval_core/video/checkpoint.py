@@ -13,9 +13,16 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..model.checkpoint import TrainedWeights, check_checkpoint_tree
+from ..model.checkpoint import (
+    HUB_PATTERNS,
+    TrainedWeights,
+    check_checkpoint_tree,
+    check_hub_id,
+    hub_snapshot,
+    shipped_folders,
+)
 from ..model.config import CONFIG_NAME, FEvalConfig
-from .config import VIDEO_PROJECTORS_NAME, VideoConfig, is_video_checkpoint
+from .config import VIDEO_CONFIG_NAME, VIDEO_PROJECTORS_NAME, VideoConfig, is_video_checkpoint
 from .encoders import PortraitEncoder, TemporalEncoder
 from .features import FeatureExtractor
 from .model import VideoLMM
@@ -56,30 +63,60 @@ def load_encoders(vconfig: VideoConfig, folder: Path | None, device: str | torch
 def build_video_model(config: FEvalConfig, vconfig: VideoConfig, temporal: TemporalEncoder | None,
                       portrait: PortraitEncoder | None, *, base_dir: Path | None = None, device: Any = "cpu",
                       dtype: torch.dtype = torch.float32, weights: TrainedWeights | None = None,
-                      video_state: dict[str, torch.Tensor] | None = None, random_adapters: bool = False) -> VideoLMM:
+                      video_state: dict[str, torch.Tensor] | None = None, random_adapters: bool = False,
+                      hub_kwargs: dict[str, Any] | None = None) -> VideoLMM:
     """The LMM (loaded as the image model is) with the video projectors sized by the encoders."""
     weights = weights or TrainedWeights()
     model = VideoLMM.build(config, base_dir=base_dir, device=device, dtype=dtype, heads_state=weights.heads,
                            adapters_dir=weights.adapters, random_adapters=random_adapters,
-                           vision_projector_state=weights.vision_projector)
+                           vision_projector_state=weights.vision_projector, hub_kwargs=hub_kwargs or {})
     slots = temporal.slots if temporal is not None else 1
     tdim = temporal.hidden_size if temporal is not None else 1
     pdim = portrait.feature_dim if portrait is not None else 1
     return model.attach_video(vconfig, slots, tdim, pdim, video_state)
 
 
+IMAGE_FIX = ("score images with it (`feval score IMAGE --model ...`, FEvalScorer, the 'Load F-Eval model' node); "
+             "for videos use a video checkpoint (video_config.json) from `feval video train` or "
+             "`feval make-tiny --video DIR`")
+
+
+def resolve_video_checkpoint(path_or_id: str | Path, **hub_kwargs: Any) -> Path:
+    """The local folder of a video checkpoint: a folder, or a hub id whose checkpoint files, video files and
+    shipped folders (backbone, face pack, temporal and portrait encoders) are fetched with ``snapshot_download``
+    (``HF_HUB_OFFLINE=1``: from the cache only). Image checkpoints are refused with what to do."""
+    src = str(path_or_id)
+    folder = Path(src).expanduser()
+    if not folder.exists():
+        patterns = HUB_PATTERNS + [VIDEO_PROJECTORS_NAME]
+        small = hub_snapshot(check_hub_id(src), patterns, **hub_kwargs)
+        _check_kind(small, src)
+        config, vconfig = FEvalConfig.load(small), VideoConfig.load(small)
+        folder = hub_snapshot(src, patterns + shipped_folders(config.base_model, config.face.root,
+                                                              vconfig.temporal_model, vconfig.portrait_model),
+                              **hub_kwargs)
+    elif not folder.is_dir():
+        raise CheckpointError(f"{folder} is a file; pass the video checkpoint folder (it holds {VIDEO_CONFIG_NAME})")
+    _check_kind(folder, src)
+    check_checkpoint_tree(folder)
+    return folder.resolve()
+
+
+def _check_kind(folder: Path, name: str) -> None:
+    if not (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{name} is not a feval checkpoint (no {CONFIG_NAME}); make one with "
+                              "`feval make-tiny --video DIR` or `feval video train ...`")
+    if not is_video_checkpoint(folder):
+        raise CheckpointError(f"{name} is an F-Eval image checkpoint (no {VIDEO_CONFIG_NAME}): it scores images, "
+                              f"not videos; {IMAGE_FIX}")
+
+
 def load_video_checkpoint(folder: str | Path, *, device: str | torch.device = "cpu",
                           dtype: torch.dtype = torch.float32, face_encoder: Any = None,
                           **hub_kwargs: Any) -> VideoParts:
-    folder = Path(folder).expanduser()
-    if not (folder / CONFIG_NAME).is_file():
-        raise CheckpointError(f"{folder} is not a feval checkpoint (no {CONFIG_NAME}); make one with "
-                              "`feval make-tiny --video DIR` or `feval video train ...`")
-    if not is_video_checkpoint(folder):
-        raise CheckpointError(f"{folder} is an image checkpoint; video scoring needs a video checkpoint "
-                              "(video_config.json), e.g. from `feval make-tiny --video DIR`")
-    check_checkpoint_tree(folder)
-    folder = folder.resolve()
+    """Load a video checkpoint (a folder or a hub id, see :func:`resolve_video_checkpoint`); the encoders it
+    names are read from inside it when shipped there, else loaded by hub id."""
+    folder = resolve_video_checkpoint(folder, **hub_kwargs)
     config, vconfig = FEvalConfig.load(folder), VideoConfig.load(folder)
     from safetensors.torch import load_file
 
@@ -88,7 +125,7 @@ def load_video_checkpoint(folder: str | Path, *, device: str | torch.device = "c
     temporal, portrait = load_encoders(vconfig, folder, device, **hub_kwargs)
     model = build_video_model(config, vconfig, temporal, portrait, base_dir=folder, device=device, dtype=dtype,
                               weights=TrainedWeights.load(folder, config),
-                              video_state=load_file(str(folder / VIDEO_PROJECTORS_NAME)))
+                              video_state=load_file(str(folder / VIDEO_PROJECTORS_NAME)), hub_kwargs=hub_kwargs)
     return VideoParts(model, FeatureExtractor(vconfig, temporal, portrait, face_encoder), folder)
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..model.config import MAX_STRING, read_json_config, write_json_config
+from ..model.config import MAX_STRING, VIDEO_CONFIG_NAME, read_json_config, write_json_config
 
-VIDEO_CONFIG_NAME = "video_config.json"
+__all__ = ["VIDEO_CONFIG_NAME", "VIDEO_PROJECTORS_NAME", "VideoConfig", "VideoLimits", "is_video_checkpoint"]
 VIDEO_PROJECTORS_NAME = "video_projectors.safetensors"
 VIDEO_FORMAT_VERSION = 1
 BRANCHES = ("spatial", "temporal", "portrait", "face")

@@ -19,7 +19,7 @@ from PIL import Image
 from ..errors import FEvalError
 from ..inputs.decode import to_rgb_array
 from .config import VideoLimits
-from .sources import DEFAULT_FPS, VideoInputError, VideoSource, frame_files
+from .sources import DEFAULT_FPS, VideoInputError, VideoSource, comfy_file, frame_files
 
 REENCODE = "re-encode it, e.g. `ffmpeg -i IN -vf fps=25 -c:v libx264 OUT.mp4`"
 
@@ -61,6 +61,8 @@ def load_clip(source: VideoSource, sampling: Sampling) -> Clip:
             return _from_file(source, sampling)
         if source.kind == "frames":
             return _from_folder(source, sampling)
+        if source.kind == "comfy":
+            return _from_comfy(source, sampling)
         return _from_array(source, sampling)
     except FEvalError as exc:
         if isinstance(exc, VideoInputError):
@@ -279,25 +281,68 @@ def _from_folder(source: VideoSource, sampling: Sampling) -> Clip:
     return _from_indexed(source.name, len(files), fps, lambda i: to_rgb_array(files[i]), sampling)
 
 
+def _from_comfy(source: VideoSource, sampling: Sampling) -> Clip:
+    """A ComfyUI ``VIDEO``: its file streamed when it has one, else its decoded components. Whatever ComfyUI's
+    decoder raises (corrupt, truncated, audio only) becomes this video's error, not the graph's."""
+    video = source.source
+    try:
+        path = comfy_file(video)
+        if path is not None:
+            return _from_file(VideoSource("file", path, source.name), sampling)
+        comps = video.get_components()
+    except VideoInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this video's error row, with its reason
+        raise VideoInputError(f"{source.name}: the VIDEO could not be decoded ({type(exc).__name__}: {exc}); the "
+                              f"file is corrupt, truncated or has no picture: {REENCODE}") from exc
+    images = getattr(comps, "images", None)
+    if images is None:
+        raise VideoInputError(f"{source.name}: the VIDEO has no frames (audio only?); connect a video with picture")
+    rate = getattr(comps, "frame_rate", None)
+    try:
+        rate = float(rate) if rate else None
+    except (TypeError, ValueError):
+        rate = math.nan
+    return _from_array(VideoSource("array", images, source.name, rate or source.fps), sampling)
+
+
+def _array_layout(name: str, data: Any, limits: VideoLimits) -> tuple[int, bool]:
+    """Frame count and whether channels come last, from the shape alone (nothing is converted yet)."""
+    shape = tuple(int(s) for s in getattr(data, "shape", ()))
+    if len(shape) != 4 or (shape[-1] not in (1, 3, 4) and shape[1] not in (1, 3, 4)):
+        hint = "; for several clips pass a list of clips" if len(shape) == 5 else ""
+        raise VideoInputError(f"{name}: a clip must be [T,H,W,C] or [T,C,H,W] with C in 1, 3, 4; got shape "
+                              f"{list(shape)}{hint}")
+    channels_last = shape[-1] in (1, 3, 4)
+    h, w = (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
+    if h < 2 or w < 2:
+        raise VideoInputError(f"{name}: frames are {w}x{h} pixels; pass frames of at least 2x2")
+    if h * w > limits.max_pixels:
+        raise VideoInputError(f"{name}: frames are {w}x{h}, over the limit of {limits.max_pixels} pixels; "
+                              "downscale them first or raise limits.max_pixels")
+    return shape[0], channels_last
+
+
 def _from_array(source: VideoSource, sampling: Sampling) -> Clip:
     data = source.source
-    shape = tuple(int(s) for s in data.shape)
-    if len(shape) != 4 or (shape[-1] not in (1, 3, 4) and shape[1] not in (1, 3, 4)):
-        raise VideoInputError(f"{source.name}: a clip must be [T,H,W,C] or [T,C,H,W] with C in 1, 3, 4; got shape "
-                              f"{list(shape)}")
+    n, channels_last = _array_layout(source.name, data, sampling.limits)
     fps = float(source.fps or DEFAULT_FPS)
     if not math.isfinite(fps) or fps <= 0:
         raise VideoInputError(f"{source.name}: frame rate must be a positive number, got {source.fps!r}")
-    channels_last = shape[-1] in (1, 3, 4)
 
     def get(i: int) -> np.ndarray:
         f = data[i]
         if not channels_last:
             f = f.permute(1, 2, 0) if hasattr(f, "permute") else np.moveaxis(f, 0, -1)
-        if hasattr(f, "detach"):
-            f = f.detach().cpu().float().numpy() if f.is_floating_point() else f.detach().cpu().numpy()
-        if f.shape[-1] == 1:
-            f = np.repeat(f, 3, axis=-1)
-        return to_rgb_array(np.ascontiguousarray(f))
+        try:
+            if hasattr(f, "detach"):
+                f = f.detach().cpu().float().numpy() if f.is_floating_point() else f.detach().cpu().numpy()
+            f = np.asarray(f)
+            if f.shape[-1] == 1:
+                f = np.repeat(f, 3, axis=-1)
+            return to_rgb_array(np.ascontiguousarray(f))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise VideoInputError(f"{source.name}: frame {i} cannot be read as a picture ({type(exc).__name__}: "
+                                  f"{exc}); pass uint8 or float frames in [0, 1]") from exc
 
-    return _from_indexed(source.name, shape[0], fps, get, sampling)
+    return _from_indexed(source.name, n, fps, get, sampling)

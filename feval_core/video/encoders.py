@@ -29,9 +29,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _norm_stats(source: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _norm_stats(source: str, hub_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's normalisation from its ``preprocessor_config.json`` (a folder's, or a hub id's), else ImageNet's."""
     path = Path(source) / "preprocessor_config.json"
     mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if not Path(source).is_dir():
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(source, "preprocessor_config.json", **hub_kwargs))
+        except (OSError, ValueError) as exc:  # no such file (or offline and not cached): the ImageNet statistics
+            logger.info("%s: no preprocessor_config.json (%s); normalising with ImageNet statistics", source, exc)
     if path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
         mean, std = data.get("image_mean", mean), data.get("image_std", std)
@@ -84,7 +92,7 @@ class TemporalEncoder(nn.Module):
     def from_pretrained(cls, source: str, **hub_kwargs: Any) -> TemporalEncoder:
         from transformers import AutoModel
 
-        return cls(_load(AutoModel, source, "temporal encoder", hub_kwargs), *_norm_stats(source))
+        return cls(_load(AutoModel, source, "temporal encoder", hub_kwargs), *_norm_stats(source, hub_kwargs))
 
     @torch.no_grad()
     def forward(self, clips: list[np.ndarray]) -> torch.Tensor:
@@ -127,7 +135,7 @@ class PortraitEncoder(nn.Module):
         if not hasattr(model.config, "hidden_sizes"):
             raise ConfigError(f"the portrait model must be Segformer-family (hidden_sizes in its config); "
                               f"{type(model).__name__} is not")
-        return cls(model, labels, side, *_norm_stats(source))
+        return cls(model, labels, side, *_norm_stats(source, hub_kwargs))
 
     @torch.no_grad()
     def matte_and_features(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 
 from ..inputs.prefetch import Prefetcher, chunked
 from ..inputs.results import ResultsWriter, read_results
-from .checkpoint import VideoParts, load_video_checkpoint
+from .checkpoint import VideoParts, load_video_checkpoint, resolve_video_checkpoint
 from .decode import load_clip
 from .features import detect_faces, face_summary
 from .sources import VideoInputError, VideoSource, expand_videos
@@ -34,21 +34,23 @@ class VideoScorer:
     def __init__(self, parts: VideoParts, *, workers: int | None = None) -> None:
         self.model, self.extractor, self.folder = parts.model, parts.extractor, parts.folder
         self.workers = workers
+        self.last_prefetch: Any = None  # the last run's PrefetchStats (wait_s: time the model waited for clips)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | torch.device = "cpu",
+    def from_pretrained(cls, path_or_id: str | Path, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, face_root: str | Path | None = None,
                         workers: int | None = None, **hub_kwargs: Any) -> VideoScorer:
+        """Load a video checkpoint: a folder, or a hub id ``org/name`` (``snapshot_download`` of its files; with
+        ``HF_HUB_OFFLINE=1`` from the cache only; ``cache_dir`` etc. in ``hub_kwargs``). Remote code is never
+        run. An image checkpoint is refused with what to use instead."""
         from ..model.config import FEvalConfig
         from ..scoring.scorer import _load_face_encoder
+        from .config import VideoConfig
 
-        folder = Path(path).expanduser().resolve()
+        folder = resolve_video_checkpoint(path_or_id, **hub_kwargs)
         face = None
-        if (folder / "video_config.json").is_file():
-            from .config import VideoConfig
-
-            if VideoConfig.load(folder).uses("face"):
-                face = _load_face_encoder(FEvalConfig.load(folder), folder, str(device), face_root)
+        if VideoConfig.load(folder).uses("face"):
+            face = _load_face_encoder(FEvalConfig.load(folder), folder, str(device), face_root)
         parts = load_video_checkpoint(folder, device=device, dtype=dtype, face_encoder=face, **hub_kwargs)
         return cls(parts, workers=workers)
 
@@ -68,6 +70,7 @@ class VideoScorer:
         """Rows in input order, one list per batch; ``skip``: names already scored (resuming)."""
         sources = [s for s in expand_videos(videos, fps=fps) if not skip or s.name not in skip]
         pre = Prefetcher(chunked(sources, batch_size), self._prepare, workers=self.workers)
+        self.last_prefetch = pre.stats
         done = 0
         for chunk in pre:
             names = [s.name for s in sources[done:done + len(chunk)]]

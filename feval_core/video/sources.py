@@ -22,8 +22,10 @@ class VideoInputError(FEvalError, ValueError):
 
 @dataclass(frozen=True)
 class VideoSource:
-    """One video: ``kind`` is ``"file"``, ``"frames"`` (a folder of images) or ``"array"`` ([T,H,W,C] uint8 or
-    float in [0, 1], numpy or torch, or [T,C,H,W]); ``name`` is what its results row calls it."""
+    """One video: ``kind`` is ``"file"``, ``"frames"`` (a folder of images), ``"array"`` ([T,H,W,C] uint8 or
+    float in [0, 1], numpy or torch, or [T,C,H,W]) or ``"comfy"`` (a ComfyUI ``VIDEO`` object, decoded only when
+    the clip is loaded, so a file it cannot decode becomes that video's error row); ``name`` is what its results
+    row calls it."""
 
     kind: str
     source: Any
@@ -59,11 +61,9 @@ def _expand_one(obj: Any, index: int, fps: float | None) -> list[VideoSource]:
                 return [VideoSource("file", p, p) for p in clips]
             return [VideoSource("frames", path, path, fps)]
         return [VideoSource("file", path, path)]
-    if hasattr(obj, "get_components"):  # ComfyUI VIDEO (comfy_api VideoInput)
-        comps = obj.get_components()
-        rate = float(getattr(comps, "frame_rate", 0) or fps or DEFAULT_FPS)
-        return [VideoSource("array", comps.images, f"<video {index}>", rate)]
-    if _is_batch(obj):
+    if hasattr(obj, "get_components"):  # ComfyUI VIDEO (comfy_api VideoInput): decoded in load_clip
+        return [VideoSource("comfy", obj, f"<video {index}>", fps)]
+    if _is_array(obj):  # any shape: one that is not a clip gets its error row from load_clip
         return [VideoSource("array", obj, f"<video {index}>", fps)]
     raise VideoInputError(f"video {index}: {type(obj).__name__} is not a video; pass a file path (mp4, webm, mov, "
                           "mkv, gif), a folder of frames, or a [T,H,W,C] array or tensor")
@@ -71,8 +71,24 @@ def _expand_one(obj: Any, index: int, fps: float | None) -> list[VideoSource]:
 
 def _is_batch(obj: Any) -> bool:
     """An array or tensor with 4 dimensions: one clip of frames."""
-    shape = getattr(obj, "shape", None)
-    return shape is not None and hasattr(obj, "ndim") and len(shape) == 4
+    return _is_array(obj) and len(obj.shape) == 4
+
+
+def _is_array(obj: Any) -> bool:
+    """A numpy array or torch tensor (anything with ``shape`` and ``ndim``)."""
+    return getattr(obj, "shape", None) is not None and hasattr(obj, "ndim")
+
+
+def comfy_file(video: Any) -> str | None:
+    """The file behind a ComfyUI ``VideoFromFile`` given by path and not trimmed, so that it can be streamed
+    instead of decoded whole by ``get_components()`` (which holds every frame as float32); else None."""
+    if type(video).__name__ != "VideoFromFile" or not hasattr(video, "get_stream_source"):
+        return None
+    trim = getattr(video, "get_active_trim_window", None)
+    if trim is not None and tuple(trim()) != (0.0, 0.0):
+        return None
+    source = video.get_stream_source()
+    return source if isinstance(source, str) and os.path.isfile(source) else None
 
 
 def frame_files(folder: str) -> list[str]:
