@@ -9,7 +9,6 @@ pickled, and a folder with a pickle-like file in it is refused (:data:`REFUSED_S
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from ..model.config import FaceEncoderConfig, read_json_config
+from ..model.config import FaceEncoderConfig, read_json_config, write_json_config
 from .landmarks import detect_faces, feature_names, find_landmark_model
 
 PREFILTER_CONFIG_NAME = "prefilter_config.json"
@@ -45,7 +44,7 @@ class PrefilterConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.face, dict):
-            self.face = FaceEncoderConfig(**self.face)
+            self.face = read_json_config(FaceEncoderConfig, self.face, what="face")
         if self.points not in (5, 106):
             raise ConfigError(f"points must be 5 or 106, got {self.points!r}")
         if not self.features:
@@ -57,6 +56,17 @@ class PrefilterConfig:
             raise ConfigError(f"pre-filter version {self.version} is not supported; upgrade feval or retrain")
         if self.n_estimators < 1 or self.min_samples_leaf < 1:
             raise ConfigError("n_estimators and min_samples_leaf must be >= 1")
+
+    def save(self, folder: str | Path) -> Path:
+        return write_json_config(Path(folder) / PREFILTER_CONFIG_NAME, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PrefilterConfig:
+        """Read ``prefilter_config.json`` (a file or the pre-filter folder); unknown keys refused."""
+        path = Path(folder).expanduser()
+        path = path / PREFILTER_CONFIG_NAME if path.is_dir() else path
+        return read_json_config(cls, path, what="a pre-filter config",
+                                fix="; retrain the pre-filter with `feval fiqa prefilter train`")
 
 
 def _refuse_pickles(folder: Path) -> None:
@@ -124,8 +134,7 @@ class LandmarkPrefilter:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / FOREST_NAME).write_bytes(onnx_bytes)
-        (folder / PREFILTER_CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n",
-                                                    encoding="utf-8")
+        self.config.save(folder)
         return folder
 
     @classmethod
@@ -137,11 +146,7 @@ class LandmarkPrefilter:
             raise CheckpointError(f"{folder} is not a pre-filter: it needs {PREFILTER_CONFIG_NAME} and {FOREST_NAME} "
                                   "(write one with `feval fiqa prefilter train`)")
         _refuse_pickles(folder)
-        data = read_json_config(folder / PREFILTER_CONFIG_NAME, "a pre-filter config")
-        try:
-            config = PrefilterConfig(**data)
-        except TypeError as exc:
-            raise ConfigError(f"{folder / PREFILTER_CONFIG_NAME}: {exc}") from exc
+        config = PrefilterConfig.load(folder)
         onnx_bytes = (folder / FOREST_NAME).read_bytes()
         pf = cls(config, onnx_bytes)
         if load_faces:

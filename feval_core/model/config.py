@@ -9,12 +9,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from ..dimensions import DIMENSIONS
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+C = TypeVar("C")
 
 CONFIG_NAME = "feval_config.json"
 PROJECTORS_NAME = "projectors.safetensors"
@@ -99,7 +102,7 @@ class FEvalConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.face, dict):
-            self.face = _build(FaceEncoderConfig, self.face, "face")
+            self.face = read_json_config(FaceEncoderConfig, self.face, what="face")
         elif not isinstance(self.face, FaceEncoderConfig):
             raise ConfigError(f"face must be an object like {{\"pack\": \"buffalo_l\"}}, got {self.face!r}")
         if not isinstance(self.dims, (list, tuple)) or not all(isinstance(d, str) for d in self.dims):
@@ -161,8 +164,7 @@ class FEvalConfig:
             path = path / CONFIG_NAME
         if not path.is_file():
             raise ConfigError(f"{path} not found: a feval checkpoint folder must contain {CONFIG_NAME}")
-        data = read_json_config(path)
-        config = _build(cls, data, str(path))
+        config = read_json_config(cls, path)
         _check_relative_paths(config, path)
         if config.trust_remote_code:
             # A shared file must not switch on code execution: only the caller can (trust_remote_code=True).
@@ -174,13 +176,59 @@ class FEvalConfig:
 
 
 def write_json_config(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write a config as the plain JSON :func:`read_json_config` reads back (sorted keys, UTF-8)."""
+    """Write a config as the plain JSON :func:`read_json_config` reads back (sorted keys, UTF-8): the one writer."""
     path = Path(path)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 
-def read_json_config(path: str | Path, what: str = "a feval config") -> dict[str, Any]:
+def read_json_config(cls: type[C], source: str | Path | Mapping[str, Any], *, what: str = "a feval config",
+                     unknown_hint: str | None = None, ignore_unknown: bool = False, fix: str = "") -> C:
+    """Build the config dataclass ``cls`` from a JSON file (read by :func:`read_json_object`) or a parsed dict: the
+    one loader of every saved feval config.
+
+    Unknown keys are refused, naming the valid ones (or ``unknown_hint``), unless ``ignore_unknown`` (keys an older
+    or newer feval wrote are then dropped, with a debug log); missing required keys are named; JSON lists become
+    tuples where the field is a tuple; a nested config dataclass (a field whose default factory is one) is built
+    from its dict the same way. Every error is a :class:`ConfigError` that starts with the file (or ``what``);
+    ``fix`` (what to do about a bad saved file) is appended to the errors of ``cls`` itself.
+    """
+    if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
+        raise TypeError(f"read_json_config(cls, path_or_dict) builds a config dataclass, got {cls!r}; to parse a "
+                        "JSON object alone use read_json_object(path, what)")
+    if isinstance(source, Mapping):
+        data, where = dict(source), what
+    else:
+        data, where = read_json_object(source, what), str(source)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown and ignore_unknown:
+        logger.debug("%s: ignoring keys this feval does not know: %s", where, unknown)
+        data = {k: v for k, v in data.items() if k in fields}
+    elif unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; {unknown_hint or f'valid keys are {sorted(fields)}'}")
+    missing = [k for k, f in fields.items() if k not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required keys {missing}")
+    for name, value in data.items():
+        f = fields[name]
+        nested = f.default_factory
+        if isinstance(value, Mapping) and isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            data[name] = read_json_config(nested, value, what=f"{where}: {name}")
+        elif isinstance(value, list) and str(f.type).startswith("tuple"):
+            data[name] = tuple(value)
+    try:
+        return cls(**data)
+    except ConfigError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}{fix}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}{fix}") from exc
+
+
+def read_json_object(path: str | Path, what: str = "a feval config") -> dict[str, Any]:
     """Parse a small JSON object from an untrusted file: size, nesting and NaN/Infinity are refused."""
     path = Path(path)
     size = path.stat().st_size
@@ -243,19 +291,3 @@ def _check_relative_paths(config: FEvalConfig, path: Path) -> None:
         if value and not Path(value).is_absolute() and ".." in Path(value.replace("\\", "/")).parts:
             raise ConfigError(f"{path}: {key} {value!r} points outside the checkpoint folder; relative paths in a "
                               "checkpoint must stay inside it. Use an absolute path or a hub id instead.")
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys are {sorted(names)}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ConfigError(f"{where}: missing required keys {missing}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
