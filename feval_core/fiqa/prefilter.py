@@ -9,6 +9,7 @@ pickled, and a folder with a pickle-like file in it is refused (:data:`REFUSED_S
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError
 from ..model.config import FaceEncoderConfig, read_json_config, write_json_config
-from .landmarks import detect_faces, feature_names, find_landmark_model
+from .landmarks import DetectedFaces, detect_faces, feature_names, find_landmark_model
+
+logger = logging.getLogger(__name__)
 
 PREFILTER_CONFIG_NAME = "prefilter_config.json"
 FOREST_NAME = "forest.onnx"
@@ -172,15 +175,70 @@ class LandmarkPrefilter:
             return np.zeros(0, np.float32)
         return self.session.run(None, {self.input_name: x})[0].reshape(-1).astype(np.float32)
 
-    def score(self, images: Any, items: list[Any] | None = None) -> PrefilterResult:
+    def share_faces(self, encoder: Any) -> bool:
+        """Get ready to score from ``encoder``'s ``FaceInfo`` s (``FaceEncoder.analyze``) instead of detecting again:
+        True when ``encoder`` detects as this pre-filter's face pack does (same pack folder, detector size and
+        threshold); a 106-point pre-filter then has it add the pack's 106 landmarks to what it finds."""
+        mine = self.face_encoder
+        if mine is None or encoder is None or getattr(encoder, "detector_key", None) != mine.detector_key:
+            logger.debug("pre-filter: the face pack given (%s) is not this pre-filter's (%s); it detects faces itself",
+                         getattr(encoder, "detector_key", None), None if mine is None else mine.detector_key)
+            return False
+        if self.config.points == 106 and not encoder.enable_landmarks():
+            return False
+        return True
+
+    def score(self, images: Any, items: list[Any] | None = None, faces: list[Any] | None = None) -> PrefilterResult:
         """The pre-filter score of the main face of each image (paths, folders, PIL, arrays, tensors; or
-        pre-expanded ``ImageItem`` s as ``items``)."""
+        pre-expanded ``ImageItem`` s as ``items``).
+
+        ``faces``: one ``FaceInfo`` per image found by a ``FaceEncoder`` (e.g. ``FEvalScorer``'s, kept with
+        ``keep_faces=True``): used as they are where they come from this pre-filter's face pack (with 106 landmarks
+        for a 106-point pre-filter), so those images are neither read nor detected again; the others (and None
+        entries) are detected here.
+        """
+        from ..inputs.images import expand_inputs
+
+        items = list(items) if items is not None else expand_inputs(images)
+        if faces is not None and len(faces) != len(items):
+            raise ValueError(f"faces must hold one FaceInfo (or None) per image: {len(faces)} for {len(items)} images")
+        given = self._reusable(faces, len(items))
+        infos: list[Any] = [None] * len(items)
+        errors: list[str | None] = [None] * len(items)
+        todo = [i for i in range(len(items)) if given[i] is None]
+        if todo:
+            found = self._detect([items[i] for i in todo])
+            for k, i in enumerate(todo):
+                infos[i], errors[i] = found[k]
+        for i, info in enumerate(given):
+            if info is not None:
+                infos[i] = info
+        ok = [i for i in range(len(items)) if errors[i] is None]
+        detected = DetectedFaces.from_infos([infos[i] for i in ok])
+        values = np.full(len(items), np.nan, np.float32)
+        values[np.asarray(ok, int)[detected.found]] = self.predict(detected.features(self.config.points))
+        counts = [None if errors[i] else int(infos[i].num_faces) for i in range(len(items))]
+        return PrefilterResult([it.name for it in items], values, errors, counts)
+
+    def _reusable(self, faces: list[Any] | None, n: int) -> list[Any]:
+        """``faces[i]`` where this pre-filter may use it as is, else None."""
+        if faces is None:
+            return [None] * n
+        mine = self.face_encoder
+        need = self.config.points == 106
+        out = [f if mine is not None and mine.can_reuse(f, landmarks=need) else None for f in faces]
+        if any(f is not None and o is None for f, o in zip(faces, out)):
+            logger.debug("pre-filter: %d of %d faces were found by another face pack (or without 106 landmarks); "
+                         "detecting those again", sum(o is None for o in out), n)
+        return out
+
+    def _detect(self, items: list[Any]) -> list[tuple[Any, str | None]]:
+        """(FaceInfo-like main face, error) of each item, found with this pre-filter's own face pack."""
         from ..errors import ImageInputError
-        from ..inputs.images import expand_inputs, load_image
+        from ..inputs.images import load_image
 
         if self.face_encoder is None:
             raise ConfigError("this pre-filter was loaded without its face pack (load_faces=False)")
-        items = list(items) if items is not None else expand_inputs(images)
         arrays, errors = [], []
         for it in items:
             try:
@@ -190,10 +248,7 @@ class LandmarkPrefilter:
                 arrays.append(np.zeros((8, 8, 3), np.uint8))
                 errors.append(str(exc))
         found = detect_faces(self.face_encoder, arrays, self.landmark_model)
-        found.found &= np.array([e is None for e in errors], bool)
-        values = np.full(len(items), np.nan, np.float32)
-        values[found.found] = self.predict(found.features(self.config.points))
-        return PrefilterResult([it.name for it in items], values, errors, found.num_faces or [])
+        return [(found.info(i), errors[i]) for i in range(len(items))]
 
 
 @dataclass
