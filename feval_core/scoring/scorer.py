@@ -177,9 +177,17 @@ class FEvalScorer:
         expert of each, and :attr:`ScoreResult.answers` says which dimension, with its probability, and the score
         (with questions, ``dims`` defaults to none). ``lq``: the low-quality input of each restored image (one per
         image or one for all): the quality row compares the restoration with it, as FaceQ's raters did.
+
+        ``prefilter``: a landmark pre-filter (``LandmarkPrefilter.from_pretrained(DIR)``): every row gets its score
+        (:attr:`ScoreResult.prefilter`), and with ``prefilter_threshold`` a face scoring under it is not given to the
+        LMM (its dimensions are NaN with the reason "skipped by the pre-filter", and a warning says so); an image
+        without a face is never skipped. The pre-filter reuses this scorer's face detections when its face pack is
+        the same one. ``keep_faces``: keep each image's ``FaceInfo`` (:attr:`ScoreResult.face_info`) for other scorers
+        to reuse, e.g. ``FIQAScorer.score(images, faces=result.face_info)``.
         """
-        return ScoreResult.concat(list(self.iter_scores(images, prompts, refs, dims, batch_size=batch_size,
-                                                        questions=questions, lq=lq)))
+        return ScoreResult.concat(list(self.iter_scores(
+            images, prompts, refs, dims, batch_size=batch_size, questions=questions, lq=lq, prefilter=prefilter,
+            prefilter_threshold=prefilter_threshold, keep_faces=keep_faces)))
 
     def route_questions(self, questions: Sequence[str]) -> list[Asked]:
         """The expert the router picks for each question, among this checkpoint's dimensions, with its probability."""
