@@ -211,3 +211,21 @@ def test_sharded_score_honours_the_prefilter(prefilter_dir, images, tiny_ckpt, p
     rows = [json.loads(line) for line in single.read_text().splitlines()]
     assert any("skipped" in " ".join(r.get("warnings", [])) for r in rows)
     assert all("prefilter" in r and "utility" in r for r in rows)
+
+
+def test_reward_with_utility_detects_each_face_once(scorer, tiny_fiqa, faces) -> None:
+    import torch
+
+    from feval_core.fiqa.scorer import FIQAScorer
+    from reward import feval_reward
+
+    fiqa = FIQAScorer.from_pretrained(tiny_fiqa, device="cpu")
+    batch = [Image.fromarray(faces[k]) for k in ("a", "b", "none", "a_moved")]
+    alone = fiqa.score(batch)  # the detect-twice path's utility
+    before = (scorer.face_encoder.detections, fiqa.face_encoder.detections)
+    out = feval_reward(batch, weights={"quality": 1.0, "utility": 1.0}, scorer=scorer, fiqa=fiqa, return_dict=True)
+    assert scorer.face_encoder.detections - before[0] == len(batch)
+    assert fiqa.face_encoder.detections == before[1]
+    assert torch_equal(out["utility"], alone.utility)
+    expected = out["result"].judged({"quality": 1.0}, utility=alone.utility, utility_weight=1.0, empty=0.0)
+    assert torch.equal(out["reward"], expected)
