@@ -125,14 +125,10 @@ class FIQAConfig:
     @classmethod
     def load(cls, path: str | Path) -> FIQAConfig:
         """Read and validate ``fiqa_config.json`` (size-limited plain JSON; unknown keys refused)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / FIQA_CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"{path} not found: a ViT-FIQA model folder holds {FIQA_CONFIG_NAME} and "
-                              f"{FIQA_WEIGHTS_NAME} (write one with `feval fiqa train`, `feval fiqa import` or "
-                              "`feval make-tiny --fiqa`)")
-        config = read_json_config(cls, path, what="a ViT-FIQA config",
+        config = read_json_config(cls, path, what="a ViT-FIQA config", name=FIQA_CONFIG_NAME,
+                                  missing=f": a ViT-FIQA model folder holds {FIQA_CONFIG_NAME} and "
+                                  f"{FIQA_WEIGHTS_NAME} (write one with `feval fiqa train`, `feval fiqa import` or "
+                                  "`feval make-tiny --fiqa`)",
                                   unknown_hint="was it written by a newer feval?")
         if config.face.root and ".." in Path(config.face.root).parts:
             raise ConfigError(f"{path}: face.root {config.face.root!r} may not climb out of the model folder with "

@@ -66,9 +66,8 @@ class PrefilterConfig:
     @classmethod
     def load(cls, folder: str | Path) -> PrefilterConfig:
         """Read ``prefilter_config.json`` (a file or the pre-filter folder); unknown keys refused."""
-        path = Path(folder).expanduser()
-        path = path / PREFILTER_CONFIG_NAME if path.is_dir() else path
-        return read_json_config(cls, path, what="a pre-filter config",
+        return read_json_config(cls, folder, what="a pre-filter config", name=PREFILTER_CONFIG_NAME,
+                                missing="; write one with `feval fiqa prefilter train`",
                                 fix="; retrain the pre-filter with `feval fiqa prefilter train`")
 
 

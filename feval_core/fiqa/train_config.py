@@ -101,9 +101,9 @@ class FIQATrainConfig:
 
     @classmethod
     def load(cls, folder: Path) -> FIQATrainConfig:
-        path = Path(folder) / FIQA_TRAIN_CONFIG_NAME
         # keys another feval wrote are dropped (runs stay resumable across versions)
-        return read_json_config(cls, path, what="a ViT-FIQA training config", ignore_unknown=True,
+        return read_json_config(cls, Path(folder) / FIQA_TRAIN_CONFIG_NAME, what="a ViT-FIQA training config",
+                                ignore_unknown=True,
                                 fix="; delete the run folder to start over")
 
     def check_resume(self, folder: Path) -> None:

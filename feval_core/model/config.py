@@ -159,12 +159,10 @@ class FEvalConfig:
     @classmethod
     def load(cls, path: str | Path) -> FEvalConfig:
         """Read and validate a config file (size-limited, plain JSON, unknown keys refused)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"{path} not found: a feval checkpoint folder must contain {CONFIG_NAME}")
-        config = read_json_config(cls, path)
+        config = read_json_config(cls, path, name=CONFIG_NAME,
+                                  missing=f": a feval checkpoint folder must contain {CONFIG_NAME}")
+        path = Path(path).expanduser()
+        path = path / CONFIG_NAME if path.is_dir() else path
         _check_relative_paths(config, path)
         if config.trust_remote_code:
             # A shared file must not switch on code execution: only the caller can (trust_remote_code=True).
@@ -183,7 +181,8 @@ def write_json_config(path: str | Path, data: dict[str, Any]) -> Path:
 
 
 def read_json_config(cls: type[C], source: str | Path | Mapping[str, Any], *, what: str = "a feval config",
-                     unknown_hint: str | None = None, ignore_unknown: bool = False, fix: str = "") -> C:
+                     name: str | None = None, missing: str = "", unknown_hint: str | None = None,
+                     ignore_unknown: bool = False, fix: str = "") -> C:
     """Build the config dataclass ``cls`` from a JSON file (read by :func:`read_json_object`) or a parsed dict: the
     one loader of every saved feval config.
 
@@ -191,7 +190,9 @@ def read_json_config(cls: type[C], source: str | Path | Mapping[str, Any], *, wh
     or newer feval wrote are then dropped, with a debug log); missing required keys are named; JSON lists become
     tuples where the field is a tuple; a nested config dataclass (a field whose default factory is one) is built
     from its dict the same way. Every error is a :class:`ConfigError` that starts with the file (or ``what``);
-    ``fix`` (what to do about a bad saved file) is appended to the errors of ``cls`` itself.
+    ``fix`` (what to do about a bad saved file) is appended to the errors of ``cls`` itself. A folder given as
+    ``source`` means its file ``name``; a file that is not there is an error that says ``missing`` (where it comes
+    from).
     """
     if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
         raise TypeError(f"read_json_config(cls, path_or_dict) builds a config dataclass, got {cls!r}; to parse a "
@@ -199,7 +200,11 @@ def read_json_config(cls: type[C], source: str | Path | Mapping[str, Any], *, wh
     if isinstance(source, Mapping):
         data, where = dict(source), what
     else:
-        data, where = read_json_object(source, what), str(source)
+        path = Path(source).expanduser()
+        path = path / name if name is not None and path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"{path} not found{missing}")
+        data, where = read_json_object(path, what), str(path)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown and ignore_unknown:

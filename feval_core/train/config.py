@@ -166,12 +166,8 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a run's ``train_config.json`` (a file or the run folder); unknown keys and bad values refused."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / TRAIN_CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"{path} not found; `feval train` writes it in the run folder")
-        return read_json_config(cls, path, what="a feval train config",
+        return read_json_config(cls, path, what="a feval train config", name=TRAIN_CONFIG_NAME,
+                                missing="; `feval train` writes it in the run folder",
                                 fix="; it is written by `feval train`, do not edit it by hand")
 
     def learning_rate(self, hidden_size: int) -> float:

@@ -111,12 +111,9 @@ class VideoConfig:
 
     @classmethod
     def load(cls, folder: str | Path) -> VideoConfig:
-        path = Path(folder)
-        path = path / VIDEO_CONFIG_NAME if path.is_dir() else path
-        if not path.is_file():
-            raise ConfigError(f"{path} not found: a feval video checkpoint holds {VIDEO_CONFIG_NAME} (make one with "
-                              "`feval make-tiny --video DIR` or `feval video train ...`)")
-        return read_json_config(cls, path, what="a video config")
+        return read_json_config(cls, folder, what="a video config", name=VIDEO_CONFIG_NAME,
+                                missing=f": a feval video checkpoint holds {VIDEO_CONFIG_NAME} (make one with "
+                                "`feval make-tiny --video DIR` or `feval video train ...`)")
 
 
 def is_video_checkpoint(folder: str | Path) -> bool:
