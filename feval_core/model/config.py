@@ -54,7 +54,8 @@ class FaceEncoderConfig:
     det_thresh: float = field(default=0.5, metadata={"help": "detection score threshold"})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.pack, str) or not self.pack or "/" in self.pack or "\\" in self.pack or ".." in self.pack:
+        if (not isinstance(self.pack, str) or not self.pack or "/" in self.pack or "\\" in self.pack
+                or ".." in self.pack):
             raise ConfigError(f"face.pack must be a plain folder name like 'buffalo_l', got {self.pack!r}")
         if self.root is not None and (not isinstance(self.root, str) or not self.root or len(self.root) > MAX_STRING):
             raise ConfigError(f"face.root must be a folder path or null, got {self.root!r}")
@@ -109,7 +110,8 @@ class FEvalConfig:
             raise ConfigError(f"dims must be a list of dimension names from {DIMENSIONS}, got {self.dims!r}")
         self.dims = tuple(self.dims)
         if not isinstance(self.base_model, str) or not self.base_model.strip() or len(self.base_model) > MAX_STRING:
-            raise ConfigError("base_model must name a backbone: a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct' or a folder")
+            raise ConfigError("base_model must name a backbone: a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct' or a "
+                              "folder")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.score_mode not in SCORE_MODES:
@@ -119,7 +121,8 @@ class FEvalConfig:
         if self.vision_experts not in VISION_EXPERTS:
             raise ConfigError(f"vision_experts must be one of {VISION_EXPERTS}, got {self.vision_experts!r}")
         if self.vision_projector not in VISION_PROJECTOR_STATES:
-            raise ConfigError(f"vision_projector must be one of {VISION_PROJECTOR_STATES}, got {self.vision_projector!r}")
+            raise ConfigError(f"vision_projector must be one of {VISION_PROJECTOR_STATES}, "
+                              f"got {self.vision_projector!r}")
         bad = [d for d in self.dims if d not in DIMENSIONS]
         if bad or not self.dims or len(set(self.dims)) != len(self.dims):
             raise ConfigError(f"dims must be a non-empty subset of {DIMENSIONS} without repeats, got {list(self.dims)}")
@@ -145,7 +148,8 @@ class FEvalConfig:
         if self.mode == "zero_shot" and self.score_mode != "levels":
             raise ConfigError("zero_shot mode scores with rating words only: set score_mode='levels'")
         if self.mode == "zero_shot" and (self.vision_experts != "none" or self.vision_projector != "frozen"):
-            raise ConfigError("zero_shot mode has no trained parts: set vision_experts='none', vision_projector='frozen'")
+            raise ConfigError("zero_shot mode has no trained parts: set vision_experts='none', "
+                              "vision_projector='frozen'")
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
