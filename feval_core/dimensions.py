@@ -53,8 +53,9 @@ NO_FACE = "no face in the image"  # a usable reference, no face in the image: th
 NO_FACE_MODEL = "no face model"  # identity needs the insightface pack; none is loaded
 LQ_UNUSABLE = "low-quality input unusable"  # a restoration's low-quality input could not be read
 IMAGE_ERROR = "image unreadable"  # the image itself could not be read (see the error row)
+PREFILTERED = "skipped by the pre-filter"  # the landmark pre-filter scored the face under the caller's threshold
 MISSING_REASONS: tuple[str, ...] = (NOT_ASKED, NO_PROMPT, NO_REFERENCE, REFERENCE_UNUSABLE, NO_FACE_IN_REFERENCE,
-                                    NO_FACE, NO_FACE_MODEL, LQ_UNUSABLE, IMAGE_ERROR)
+                                    NO_FACE, NO_FACE_MODEL, LQ_UNUSABLE, IMAGE_ERROR, PREFILTERED)
 FAILED: frozenset[str] = frozenset({NO_FACE})
 """Reasons that are the generated image's failure, not a missing input: such a dimension scores 0 in rewards, totals,
 filters and picks (:func:`feval_core.scoring.result.judged_scores`), never left out of the mean."""

@@ -29,9 +29,8 @@ WHAT = "landmark pre-filter"
 @functools.lru_cache(maxsize=2)
 def _prefilter(folder: str) -> LandmarkPrefilter:
     from feval_core.fiqa.prefilter import PrefilterConfig
-    from feval_core.model.config import read_json_config
 
-    config = PrefilterConfig(**read_json_config(f"{folder}/{PREFILTER_CONFIG_NAME}", "a pre-filter config"))
+    config = PrefilterConfig.load(folder)
     root = None
     if not config.face.root:
         root = paths.face_pack_root(config.face.pack)

@@ -294,14 +294,18 @@ def feval_reward(
     utility_only = w_utility > 0 and isinstance(weights, Mapping) and not any(float(v) > 0 for v in weights.values())
     w = dict.fromkeys(DIMENSIONS, 0.0) if utility_only else resolve_weights(weights)
     utility = None
-    if w_utility > 0:
-        fres = get_fiqa_scorer(fiqa, device=device).score(images, batch_size=batch_size)
-        utility = fres.utility
     if utility_only:
+        fres = get_fiqa_scorer(fiqa, device=device).score(images, batch_size=batch_size)
         res = fres.as_score_result()
     else:
         sc = get_scorer(scorer, device=device)
-        res = sc.score(images, prompts=prompts, refs=refs, dims=weighted_dims(w), batch_size=batch_size)
+        keep = {"keep_faces": True} if w_utility > 0 else {}
+        res = sc.score(images, prompts=prompts, refs=refs, dims=weighted_dims(w), batch_size=batch_size, **keep)
+        if w_utility > 0:  # ViT-FIQA reuses F-Eval's faces (detected once) when its face pack is the same
+            fres = get_fiqa_scorer(fiqa, device=device).score(images, batch_size=batch_size,
+                                                              faces=res.face_info or None)
+    if w_utility > 0:
+        utility = fres.utility
     reward = res.judged(w, faces_required=faces_required, empty=nan_reward, utility=utility, utility_weight=w_utility)
     reasons = image_reasons(res, w, nan_reward, faces_required, utility=utility if w_utility > 0 else None)
     (reason_log or REASONS).log(reasons)

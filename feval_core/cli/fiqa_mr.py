@@ -193,29 +193,3 @@ def cmd_prefilter_score(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return EXIT_SOME_FAILED if any(r["error"] for r in rows) else EXIT_OK
-
-
-def apply_prefilter(args: argparse.Namespace, todo: list[Any], emit: Any) -> tuple[list[Any], Any]:
-    """``feval score --prefilter-model DIR [--prefilter T]``: emit the rows of faces under T at once (not scored by
-    the LMM, with the reason), and return the images left to score and an ``emit`` that adds ``prefilter`` to rows."""
-    import math
-
-    from ..dimensions import DIMENSIONS
-    from ..fiqa.prefilter import LandmarkPrefilter
-
-    pf = LandmarkPrefilter.from_pretrained(args.prefilter_model, face_root=args.face_root)
-    res = pf.score(None, items=todo)
-    value = {n: (None if math.isnan(v) else round(float(v), 3)) for n, v in zip(res.names, res.values)}
-    skip = [i for i, v in enumerate(res.values) if args.prefilter is not None and v < args.prefilter]
-    if skip:
-        extra = {"utility": None} if getattr(args, "fiqa", None) else {}
-        emit([{"image": res.names[i], **{d: None for d in DIMENSIONS}, **extra, "faces": res.faces[i],
-               "error": None, "prefilter": value[res.names[i]],
-               "warnings": [f"skipped: pre-filter score {res.values[i]:.1f} < {args.prefilter:g}, not scored by "
-                            "the LMM"]} for i in skip])
-    skipped = {res.names[i] for i in skip}
-
-    def with_prefilter(records: list[dict[str, Any]]) -> None:
-        emit([{**r, "prefilter": value.get(r["image"])} for r in records])
-
-    return [it for it in todo if it.name not in skipped], with_prefilter

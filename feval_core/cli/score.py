@@ -141,10 +141,6 @@ def cmd_score(args: argparse.Namespace) -> int:
                     sys.stdout.write(json_line(r))
                 sys.stdout.flush()
 
-        if args.prefilter_model:
-            from .fiqa_mr import apply_prefilter
-
-            todo, emit = apply_prefilter(args, todo, emit)
         _score_items(args, todo, emit, args.device)
     if writer is not None:
         writer.close()
@@ -156,35 +152,27 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _score_items(args: argparse.Namespace, todo: list[Any], emit: Callable[[list[dict[str, Any]]], None],
                  device: str | None) -> None:
-    """Load the scorer(s) and stream the rows of ``todo`` to ``emit``, one chunk at a time."""
-    if args.fiqa is None:
-        return _score_feval(args, todo, emit, device)
-    from ..fiqa.scorer import FIQAResult, FIQAScorer, merge_utility
+    """Load the scorer(s) and stream the rows of ``todo`` to ``emit``, one chunk at a time.
 
-    fiqa = FIQAScorer.from_pretrained(args.fiqa, device=device, face_root=args.face_root)
+    Faces are detected once: F-Eval's detections go to ViT-FIQA and the pre-filter, which reuse them when their face
+    pack is F-Eval's. ``--prefilter T`` skips the LMM (ViT-FIQA without ``--model``) for faces under T.
+    """
+    from tqdm.auto import tqdm
+
+    prefilter = _load_prefilter(args)
+    fiqa = None
+    if args.fiqa is not None:
+        from ..fiqa.scorer import FIQAScorer
+
+        fiqa = FIQAScorer.from_pretrained(args.fiqa, device=device, face_root=args.face_root)
     if args.model is None:
-        from tqdm.auto import tqdm
-
         with tqdm(total=len(todo), unit="img", desc="utility", disable=None) as bar:
-            for part in fiqa.iter_scores(None, batch_size=args.batch_size, items=todo):
+            for part in fiqa.iter_scores(None, batch_size=args.batch_size, items=todo, prefilter=prefilter,
+                                         prefilter_threshold=args.prefilter):
                 emit(part.to_records())
                 bar.update(len(part))
-        return None
-    done = 0
-
-    def with_utility(records: list[dict[str, Any]]) -> None:
-        nonlocal done
-        chunk = todo[done:done + len(records)]
-        emit(merge_utility(records, FIQAResult.concat(list(fiqa.iter_scores(None, args.batch_size, items=chunk)))))
-        done += len(records)
-
-    return _score_feval(args, todo, with_utility, device)
-
-
-def _score_feval(args: argparse.Namespace, todo: list[Any], emit: Callable[[list[dict[str, Any]]], None],
-                 device: str | None) -> None:
+        return
     import torch
-    from tqdm.auto import tqdm
 
     from ..scoring.scorer import FEvalScorer
 
@@ -192,12 +180,31 @@ def _score_feval(args: argparse.Namespace, todo: list[Any], emit: Callable[[list
     scorer = FEvalScorer.from_pretrained(args.model, device=device, dtype=dtype, face_root=args.face_root,
                                          trust_remote_code=args.trust_remote_code)
     scorer.workers = getattr(args, "workers", None)
+    done = 0
     with tqdm(total=len(todo), unit="img", desc="scoring", disable=None) as bar:
         for part in scorer.iter_scores(None, args.prompt, args.ref, args.dims, batch_size=args.batch_size,
-                                       items=todo, questions=args.question, lq=args.lq):
+                                       items=todo, questions=args.question, lq=args.lq, prefilter=prefilter,
+                                       prefilter_threshold=args.prefilter, keep_faces=fiqa is not None):
             records = part.to_records()
+            if fiqa is not None:
+                from ..fiqa.scorer import FIQAResult, merge_utility
+
+                chunk = todo[done:done + len(records)]
+                utility = FIQAResult.concat(list(fiqa.iter_scores(None, args.batch_size, items=chunk,
+                                                                  faces=part.face_info)))
+                records = merge_utility(records, utility)
+            done += len(records)
             emit(records)
             bar.update(len(records))
+
+
+def _load_prefilter(args: argparse.Namespace) -> Any:
+    """The pre-filter of ``--prefilter-model``, or None."""
+    if not args.prefilter_model:
+        return None
+    from ..fiqa.prefilter import LandmarkPrefilter
+
+    return LandmarkPrefilter.from_pretrained(args.prefilter_model, face_root=args.face_root)
 
 
 def _count_failed(out: str, unique: list[Any]) -> int:

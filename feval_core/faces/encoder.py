@@ -53,6 +53,9 @@ class FaceInfo:
     embedding: np.ndarray | None = None  # (512,) float32, unit L2 norm
     crop: np.ndarray | None = None  # (112, 112, 3) uint8 RGB, ArcFace-aligned
     embedding_norm: float | None = None  # the recognizer's L2 norm before normalising (MagFace-style quality cue)
+    landmarks: np.ndarray | None = None  # (106, 2) in input pixels, from the pack's 106-point model when asked for
+    detector: tuple[str, tuple[int, int], float] | None = None
+    """Which detector found this (``FaceEncoder.detector_key``): others reuse the result only if theirs is the same."""
 
     @property
     def has_face(self) -> bool:
@@ -197,8 +200,36 @@ class FaceEncoder:
         self._free = [self._load(self._ctx_id)]  # loaded now: a broken pack fails here, not in a worker thread
         self._created = 1
         self._pool = threading.Condition()
+        self._key = (str(self.pack_dir.resolve()), self.det_size, self.det_thresh)
+        self.detections = 0  # images the detector ran on (analyze and detect), for tests and benchmarks
+        self._landmarks: Any | None = None  # the pack's 106-point model, once enable_landmarks() found one
         logger.info("loaded insightface pack %s with %s (up to %d sessions, %s threads each)", self.pack_dir,
                     self.providers, self.sessions, self.threads or "default")
+
+    @property
+    def detector_key(self) -> tuple[str, tuple[int, int], float]:
+        """What decides the detections: the pack folder, the detector input size and threshold."""
+        return self._key
+
+    def can_reuse(self, info: FaceInfo | None, *, landmarks: bool = False) -> bool:
+        """Whether ``info`` (from any encoder) is what :meth:`analyze` would return here: the same detector
+        (:attr:`detector_key`) and, with ``landmarks``, 106 landmarks on a found face."""
+        if info is None or info.detector != self.detector_key:
+            return False
+        return not (landmarks and info.has_face and info.landmarks is None)
+
+    def enable_landmarks(self) -> bool:
+        """Have :meth:`analyze` add the main face's 106 landmarks from the pack's landmark model (``2d106det.onnx``
+        in ``buffalo_l``). Returns False, changing nothing, when the pack has none."""
+        if self._landmarks is None:
+            from .landmark_model import find_landmark_model
+
+            self._landmarks = find_landmark_model(self.pack_dir, self.providers)
+        return self._landmarks is not None
+
+    def _counted(self) -> None:
+        with self._pool:
+            self.detections += 1
 
     def _session_options(self) -> Any:
         import onnxruntime
@@ -289,22 +320,25 @@ class FaceEncoder:
         from insightface.utils import face_align
 
         rgb = _to_rgb_uint8(image)
+        none = FaceInfo(num_faces=0, detector=self.detector_key)
         if _thinner_than_a_pixel(rgb.shape[0], rgb.shape[1], self.det_size):
-            return FaceInfo.empty()  # e.g. 4000x1: no face fits, and the detector's resize would fail
+            return none  # e.g. 4000x1: no face fits, and the detector's resize would fail
         bgr = np.ascontiguousarray(rgb[..., ::-1])  # insightface works in OpenCV's BGR order
+        self._counted()
         app = self._acquire()
         try:
             faces = app.get(bgr)
         finally:
             self._release(app)
         if not faces:
-            return FaceInfo.empty()
+            return none
         main = max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
         kps = np.asarray(main.kps, dtype=np.float32)
         crop = face_align.norm_crop(bgr, landmark=kps, image_size=CROP_SIZE)[..., ::-1]
         embedding = np.asarray(main.embedding, dtype=np.float32).ravel()
         norm = float(np.linalg.norm(embedding))
         embedding = embedding / max(norm, 1e-12)
+        marks = None if self._landmarks is None else np.array(self._landmarks.get(bgr, main)[:, :2])
         return FaceInfo(
             num_faces=len(faces),
             bbox=np.asarray(main.bbox, dtype=np.float32),
@@ -313,6 +347,8 @@ class FaceEncoder:
             embedding=embedding,
             crop=np.ascontiguousarray(crop),
             embedding_norm=norm,
+            landmarks=marks,
+            detector=self.detector_key,
         )
 
     def detect(self, image: Image.Image | np.ndarray) -> list[Any]:
@@ -323,6 +359,7 @@ class FaceEncoder:
         if _thinner_than_a_pixel(rgb.shape[0], rgb.shape[1], self.det_size):
             return []
         bgr = np.ascontiguousarray(rgb[..., ::-1])
+        self._counted()
         app = self._acquire()
         try:
             boxes, kpss = app.det_model.detect(bgr, max_num=0, metric="default")

@@ -92,10 +92,7 @@ class FIQAConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if isinstance(self.face, dict):
-            try:
-                self.face = FaceEncoderConfig(**self.face)
-            except TypeError as exc:
-                raise ConfigError(f"face: {exc}; keys are pack, root, det_size, det_thresh") from exc
+            self.face = read_json_config(FaceEncoderConfig, self.face, what="face")
         q = self.utility_quantiles
         if q is not None:
             if not isinstance(q, list) or len(q) != QUANTILES or not all(
@@ -128,22 +125,11 @@ class FIQAConfig:
     @classmethod
     def load(cls, path: str | Path) -> FIQAConfig:
         """Read and validate ``fiqa_config.json`` (size-limited plain JSON; unknown keys refused)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / FIQA_CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"{path} not found: a ViT-FIQA model folder holds {FIQA_CONFIG_NAME} and "
-                              f"{FIQA_WEIGHTS_NAME} (write one with `feval fiqa train`, `feval fiqa import` or "
-                              "`feval make-tiny --fiqa`)")
-        data = read_json_config(path, "a ViT-FIQA config")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {unknown}; was it written by a newer feval?")
-        try:
-            config = cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+        config = read_json_config(cls, path, what="a ViT-FIQA config", name=FIQA_CONFIG_NAME,
+                                  missing=f": a ViT-FIQA model folder holds {FIQA_CONFIG_NAME} and "
+                                  f"{FIQA_WEIGHTS_NAME} (write one with `feval fiqa train`, `feval fiqa import` or "
+                                  "`feval make-tiny --fiqa`)",
+                                  unknown_hint="was it written by a newer feval?")
         if config.face.root and ".." in Path(config.face.root).parts:
             raise ConfigError(f"{path}: face.root {config.face.root!r} may not climb out of the model folder with "
                               "'..'; give a folder inside it or an absolute path")

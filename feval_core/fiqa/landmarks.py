@@ -10,12 +10,12 @@ Everything is vectorised numpy over ``N`` faces: no model runs here after detect
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import FaceModelError
+from ..faces.landmark_model import find_landmark_model  # noqa: F401  (its home before faces/)
 
 TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
                      [70.7299, 92.2041]], np.float64)
@@ -118,6 +118,32 @@ class DetectedFaces:
     lmk106: np.ndarray | None = None  # [N, 106, 2]
     num_faces: list[int] | None = None
 
+    @classmethod
+    def from_infos(cls, infos: list[Any]) -> DetectedFaces:
+        """The same arrays from ``FaceEncoder.analyze`` results (``FaceInfo``: the main face's box, key points,
+        detector score and, where the encoder ran one, 106 landmarks), without detecting again."""
+        n = len(infos)
+        found = np.array([info.has_face for info in infos], bool)
+        kps, bbox, det = np.zeros((n, 5, 2)), np.zeros((n, 4)), np.zeros(n)
+        with_lmk = all(info.landmarks is not None for info in infos if info.has_face)
+        lmk = np.zeros((n, 106, 2)) if with_lmk else None
+        for i in np.flatnonzero(found):
+            info = infos[i]
+            kps[i], bbox[i], det[i] = info.kps, info.bbox, info.det_score
+            if lmk is not None:
+                lmk[i] = info.landmarks
+        return cls(found, kps, bbox, det, lmk, [int(info.num_faces) for info in infos])
+
+    def info(self, i: int) -> Any:
+        """Image ``i``'s main face as a ``FaceInfo`` (what :meth:`from_infos` reads back; no embedding or crop)."""
+        from ..faces.encoder import FaceInfo
+
+        count = self.num_faces[i] if self.num_faces is not None else int(self.found[i])
+        if not self.found[i]:
+            return FaceInfo(num_faces=count)
+        return FaceInfo(num_faces=count, bbox=self.bbox[i], kps=self.kps[i], det_score=float(self.det_score[i]),
+                        landmarks=None if self.lmk106 is None else self.lmk106[i])
+
     def features(self, points: int = 5) -> np.ndarray:
         """:func:`landmark_features` of the images with a face (rows in the order of ``np.flatnonzero(found)``)."""
         keep = self.found
@@ -128,23 +154,6 @@ class DetectedFaces:
                                      "landmark model (buffalo_l's 2d106det.onnx); use a pack that has one")
             extra = self.lmk106[keep]
         return landmark_features(self.kps[keep], self.bbox[keep], self.det_score[keep], extra)
-
-
-def find_landmark_model(pack_dir: str | Path, providers: list[Any] | None = None) -> Any | None:
-    """The pack's 106-point landmark model (insightface's ``Landmark``), or None when the pack has none."""
-    for onnx_file in sorted(Path(pack_dir).glob("*.onnx")):
-        try:
-            import onnxruntime
-
-            session = onnxruntime.InferenceSession(str(onnx_file), providers=providers or ["CPUExecutionProvider"])
-        except Exception:  # not loadable: not ours to judge here, FaceEncoder reports broken packs
-            continue
-        shape, outs = session.get_inputs()[0].shape, session.get_outputs()
-        if len(outs) == 1 and shape[2:] == [192, 192] and outs[0].shape[-1] == 212:
-            from insightface.model_zoo.landmark import Landmark
-
-            return Landmark(model_file=str(onnx_file), session=session)
-    return None
 
 
 def detect_faces(encoder: Any, images: list[np.ndarray], landmark_model: Any | None = None) -> DetectedFaces:

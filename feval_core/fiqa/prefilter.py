@@ -9,7 +9,7 @@ pickled, and a folder with a pickle-like file in it is refused (:data:`REFUSED_S
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from ..model.config import FaceEncoderConfig, read_json_config
-from .landmarks import detect_faces, feature_names, find_landmark_model
+from ..model.config import FaceEncoderConfig, read_json_config, write_json_config
+from .landmarks import DetectedFaces, detect_faces, feature_names, find_landmark_model
+
+logger = logging.getLogger(__name__)
 
 PREFILTER_CONFIG_NAME = "prefilter_config.json"
 FOREST_NAME = "forest.onnx"
@@ -45,7 +47,7 @@ class PrefilterConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.face, dict):
-            self.face = FaceEncoderConfig(**self.face)
+            self.face = read_json_config(FaceEncoderConfig, self.face, what="face")
         if self.points not in (5, 106):
             raise ConfigError(f"points must be 5 or 106, got {self.points!r}")
         if not self.features:
@@ -57,6 +59,16 @@ class PrefilterConfig:
             raise ConfigError(f"pre-filter version {self.version} is not supported; upgrade feval or retrain")
         if self.n_estimators < 1 or self.min_samples_leaf < 1:
             raise ConfigError("n_estimators and min_samples_leaf must be >= 1")
+
+    def save(self, folder: str | Path) -> Path:
+        return write_json_config(Path(folder) / PREFILTER_CONFIG_NAME, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PrefilterConfig:
+        """Read ``prefilter_config.json`` (a file or the pre-filter folder); unknown keys refused."""
+        return read_json_config(cls, folder, what="a pre-filter config", name=PREFILTER_CONFIG_NAME,
+                                missing="; write one with `feval fiqa prefilter train`",
+                                fix="; retrain the pre-filter with `feval fiqa prefilter train`")
 
 
 def _refuse_pickles(folder: Path) -> None:
@@ -124,8 +136,7 @@ class LandmarkPrefilter:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / FOREST_NAME).write_bytes(onnx_bytes)
-        (folder / PREFILTER_CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n",
-                                                    encoding="utf-8")
+        self.config.save(folder)
         return folder
 
     @classmethod
@@ -137,11 +148,7 @@ class LandmarkPrefilter:
             raise CheckpointError(f"{folder} is not a pre-filter: it needs {PREFILTER_CONFIG_NAME} and {FOREST_NAME} "
                                   "(write one with `feval fiqa prefilter train`)")
         _refuse_pickles(folder)
-        data = read_json_config(folder / PREFILTER_CONFIG_NAME, "a pre-filter config")
-        try:
-            config = PrefilterConfig(**data)
-        except TypeError as exc:
-            raise ConfigError(f"{folder / PREFILTER_CONFIG_NAME}: {exc}") from exc
+        config = PrefilterConfig.load(folder)
         onnx_bytes = (folder / FOREST_NAME).read_bytes()
         pf = cls(config, onnx_bytes)
         if load_faces:
@@ -167,15 +174,70 @@ class LandmarkPrefilter:
             return np.zeros(0, np.float32)
         return self.session.run(None, {self.input_name: x})[0].reshape(-1).astype(np.float32)
 
-    def score(self, images: Any, items: list[Any] | None = None) -> PrefilterResult:
+    def share_faces(self, encoder: Any) -> bool:
+        """Get ready to score from ``encoder``'s ``FaceInfo`` s (``FaceEncoder.analyze``) instead of detecting again:
+        True when ``encoder`` detects as this pre-filter's face pack does (same pack folder, detector size and
+        threshold); a 106-point pre-filter then has it add the pack's 106 landmarks to what it finds."""
+        mine = self.face_encoder
+        if mine is None or encoder is None or getattr(encoder, "detector_key", None) != mine.detector_key:
+            logger.debug("pre-filter: the face pack given (%s) is not this pre-filter's (%s); it detects faces itself",
+                         getattr(encoder, "detector_key", None), None if mine is None else mine.detector_key)
+            return False
+        if self.config.points == 106 and not encoder.enable_landmarks():
+            return False
+        return True
+
+    def score(self, images: Any, items: list[Any] | None = None, faces: list[Any] | None = None) -> PrefilterResult:
         """The pre-filter score of the main face of each image (paths, folders, PIL, arrays, tensors; or
-        pre-expanded ``ImageItem`` s as ``items``)."""
+        pre-expanded ``ImageItem`` s as ``items``).
+
+        ``faces``: one ``FaceInfo`` per image found by a ``FaceEncoder`` (e.g. ``FEvalScorer``'s, kept with
+        ``keep_faces=True``): used as they are where they come from this pre-filter's face pack (with 106 landmarks
+        for a 106-point pre-filter), so those images are neither read nor detected again; the others (and None
+        entries) are detected here.
+        """
+        from ..inputs.images import expand_inputs
+
+        items = list(items) if items is not None else expand_inputs(images)
+        if faces is not None and len(faces) != len(items):
+            raise ValueError(f"faces must hold one FaceInfo (or None) per image: {len(faces)} for {len(items)} images")
+        given = self._reusable(faces, len(items))
+        infos: list[Any] = [None] * len(items)
+        errors: list[str | None] = [None] * len(items)
+        todo = [i for i in range(len(items)) if given[i] is None]
+        if todo:
+            found = self._detect([items[i] for i in todo])
+            for k, i in enumerate(todo):
+                infos[i], errors[i] = found[k]
+        for i, info in enumerate(given):
+            if info is not None:
+                infos[i] = info
+        ok = [i for i in range(len(items)) if errors[i] is None]
+        detected = DetectedFaces.from_infos([infos[i] for i in ok])
+        values = np.full(len(items), np.nan, np.float32)
+        values[np.asarray(ok, int)[detected.found]] = self.predict(detected.features(self.config.points))
+        counts = [None if errors[i] else int(infos[i].num_faces) for i in range(len(items))]
+        return PrefilterResult([it.name for it in items], values, errors, counts)
+
+    def _reusable(self, faces: list[Any] | None, n: int) -> list[Any]:
+        """``faces[i]`` where this pre-filter may use it as is, else None."""
+        if faces is None:
+            return [None] * n
+        mine = self.face_encoder
+        need = self.config.points == 106
+        out = [f if mine is not None and mine.can_reuse(f, landmarks=need) else None for f in faces]
+        if any(f is not None and o is None for f, o in zip(faces, out)):
+            logger.debug("pre-filter: %d of %d faces were found by another face pack (or without 106 landmarks); "
+                         "detecting those again", sum(o is None for o in out), n)
+        return out
+
+    def _detect(self, items: list[Any]) -> list[tuple[Any, str | None]]:
+        """(FaceInfo-like main face, error) of each item, found with this pre-filter's own face pack."""
         from ..errors import ImageInputError
-        from ..inputs.images import expand_inputs, load_image
+        from ..inputs.images import load_image
 
         if self.face_encoder is None:
             raise ConfigError("this pre-filter was loaded without its face pack (load_faces=False)")
-        items = list(items) if items is not None else expand_inputs(images)
         arrays, errors = [], []
         for it in items:
             try:
@@ -185,10 +247,7 @@ class LandmarkPrefilter:
                 arrays.append(np.zeros((8, 8, 3), np.uint8))
                 errors.append(str(exc))
         found = detect_faces(self.face_encoder, arrays, self.landmark_model)
-        found.found &= np.array([e is None for e in errors], bool)
-        values = np.full(len(items), np.nan, np.float32)
-        values[found.found] = self.predict(found.features(self.config.points))
-        return PrefilterResult([it.name for it in items], values, errors, found.num_faces or [])
+        return [(found.info(i), errors[i]) for i in range(len(items))]
 
 
 @dataclass

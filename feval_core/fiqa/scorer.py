@@ -40,6 +40,7 @@ class FIQAResult:
     faces: list[int | None]
     errors: list[str | None]
     warnings: list[list[str]] = field(default_factory=list)
+    prefilter: list[float | None] = field(default_factory=list)  # with a pre-filter: its score per image
 
     def __len__(self) -> int:
         return len(self.names)
@@ -60,6 +61,8 @@ class FIQAResult:
             v = float(self.utility[i])
             row: dict[str, Any] = {"image": name, "utility": None if math.isnan(v) else round(v, 4),
                                    "faces": self.faces[i], "error": self.errors[i]}
+            if self.prefilter:
+                row["prefilter"] = self.prefilter[i]
             if self.warnings and self.warnings[i]:
                 row["warnings"] = list(self.warnings[i])
             rows.append(row)
@@ -71,7 +74,8 @@ class FIQAResult:
             return FIQAResult(torch.empty(0), torch.empty(0), [], [], [], [])
         return FIQAResult(torch.cat([p.utility for p in parts]), torch.cat([p.raw for p in parts]),
                           [n for p in parts for n in p.names], [f for p in parts for f in p.faces],
-                          [e for p in parts for e in p.errors], [w for p in parts for w in p.warnings])
+                          [e for p in parts for e in p.errors], [w for p in parts for w in p.warnings],
+                          [v for p in parts for v in p.prefilter])
 
 
 class FIQAScorer:
@@ -132,49 +136,88 @@ class FIQAScorer:
         raw = self.raw_quality(crops, batch_size)
         return torch.from_numpy(utility_from_raw(raw, self.config.utility_quantiles)).float()
 
-    def score(self, images: Any, batch_size: int = 32) -> FIQAResult:
-        """Utility of the main face of each image (paths, folders, PIL, numpy, torch; as ``FEvalScorer.score``)."""
-        return FIQAResult.concat(list(self.iter_scores(images, batch_size=batch_size)))
+    def score(self, images: Any, batch_size: int = 32, *, faces: Sequence[Any] | None = None, prefilter: Any = None,
+              prefilter_threshold: float | None = None) -> FIQAResult:
+        """Utility of the main face of each image (paths, folders, PIL, numpy, torch; as ``FEvalScorer.score``).
 
-    def iter_scores(self, images: Any, batch_size: int = 32, items: Sequence[Any] | None = None
-                    ) -> Iterator[FIQAResult]:
+        ``faces``: one ``FaceInfo`` per image from a ``FaceEncoder`` (e.g. ``FEvalScorer.score(..., keep_faces=True)
+        .face_info``): where it comes from this model's face pack (same pack folder, detector size and threshold)
+        its aligned crop is used and the image is neither read nor detected again; other images are detected here.
+        ``prefilter`` / ``prefilter_threshold``: as in ``FEvalScorer.score`` (the rule of
+        :mod:`feval_core.scoring.prefilter`), skipping ViT-FIQA for faces under the threshold.
+        """
+        return FIQAResult.concat(list(self.iter_scores(images, batch_size=batch_size, faces=faces,
+                                                       prefilter=prefilter, prefilter_threshold=prefilter_threshold)))
+
+    def iter_scores(self, images: Any, batch_size: int = 32, items: Sequence[Any] | None = None, *,
+                    faces: Sequence[Any] | None = None, prefilter: Any = None,
+                    prefilter_threshold: float | None = None) -> Iterator[FIQAResult]:
         """:meth:`score` one chunk of ``batch_size`` images at a time (``items``: pre-expanded ``ImageItem`` s)."""
         from ..inputs.images import expand_inputs
+        from ..scoring.prefilter import check_threshold
 
+        check_threshold(prefilter, prefilter_threshold)
         todo = list(items) if items is not None else expand_inputs(images)
+        if faces is not None and len(faces) != len(todo):
+            raise ValueError(f"faces must hold one FaceInfo (or None) per image: {len(faces)} for {len(todo)} images")
+        if prefilter is not None:
+            prefilter.share_faces(self.face_encoder)
         for start in range(0, len(todo), batch_size):
-            yield self._score_chunk(todo[start:start + batch_size], batch_size)
+            given = list(faces[start:start + batch_size]) if faces is not None else None
+            yield self._score_chunk(todo[start:start + batch_size], batch_size, given, prefilter, prefilter_threshold)
 
-    def _score_chunk(self, chunk: Sequence[Any], batch_size: int) -> FIQAResult:
+    def _faces(self, chunk: Sequence[Any], given: list[Any] | None) -> tuple[list[Any], list[str | None]]:
+        """The main face of each image: ``given[i]`` where this model's face pack found it, else detected here."""
         from ..errors import ImageInputError
         from ..inputs.images import load_image
 
-        n = len(chunk)
-        names = [it.name for it in chunk]
-        faces: list[int | None] = [None] * n
-        errors: list[str | None] = [None] * n
-        warns: list[list[str]] = [[] for _ in range(n)]
-        crops, where = [], []
+        infos: list[Any] = [None] * len(chunk)
+        errors: list[str | None] = [None] * len(chunk)
+        reused = 0
         for i, item in enumerate(chunk):
+            if given is not None and self.face_encoder.can_reuse(given[i]):
+                infos[i] = given[i]
+                reused += 1
+                continue
             try:
-                info = self.face_encoder.analyze(load_image(item))
+                infos[i] = self.face_encoder.analyze(load_image(item))
             except ImageInputError as exc:
                 errors[i] = str(exc)
+        if given is not None and reused < len(chunk):
+            logger.debug("ViT-FIQA: %d of %d images had no face information from this model's face pack (%s); "
+                         "detected them again", len(chunk) - reused, len(chunk), self.face_encoder.detector_key)
+        return infos, errors
+
+    def _score_chunk(self, chunk: Sequence[Any], batch_size: int, given: list[Any] | None = None,
+                     prefilter: Any = None, threshold: float | None = None) -> FIQAResult:
+        from ..scoring.prefilter import run_prefilter
+
+        n = len(chunk)
+        infos, errors = self._faces(chunk, given)
+        faces: list[int | None] = [None if info is None else info.num_faces for info in infos]
+        warns: list[list[str]] = [[] for _ in range(n)]
+        pre = None
+        if prefilter is not None:
+            pre = run_prefilter(prefilter, chunk, infos, threshold)
+        crops, where = [], []
+        for i, info in enumerate(infos):
+            if info is None:
                 continue
-            faces[i] = info.num_faces
-            if info.has_face:
+            if not info.has_face:
+                warns[i].append(NO_FACE)
+            elif pre is not None and pre.skipped[i]:
+                warns[i].append(pre.note(i, "ViT-FIQA"))
+            else:
                 crops.append(info.crop)
                 where.append(i)
-            else:
-                warns[i].append(NO_FACE)
         raw = torch.full((n,), math.nan)
         utility = torch.full((n,), math.nan)
         if crops:
-            stacked = np.stack(crops)
-            r = self.raw_quality(stacked, batch_size)
+            r = self.raw_quality(np.stack(crops), batch_size)
             raw[where] = r
             utility[where] = torch.from_numpy(utility_from_raw(r, self.config.utility_quantiles)).float()
-        return FIQAResult(utility, raw, names, faces, errors, warns)
+        prefilter_values = [pre.record_value(i) for i in range(n)] if pre is not None else []
+        return FIQAResult(utility, raw, [it.name for it in chunk], faces, errors, warns, prefilter_values)
 
 
 def merge_utility(records: list[dict[str, Any]], fiqa: FIQAResult) -> list[dict[str, Any]]:
@@ -186,7 +229,7 @@ def merge_utility(records: list[dict[str, Any]], fiqa: FIQAResult) -> list[dict[
             raise ValueError(f"rows out of order: {rec['image']} vs {extra['image']}")
         rec = {**rec, "utility": extra["utility"]}
         if extra.get("warnings"):
-            rec["warnings"] = list(rec.get("warnings", [])) + extra["warnings"]
+            rec["warnings"] = list(dict.fromkeys([*rec.get("warnings", []), *extra["warnings"]]))
         if rec.get("error") is None and extra["error"] is not None:
             rec["error"] = extra["error"]
         out.append(rec)

@@ -4,14 +4,13 @@ option)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..model.config import read_json_config
+from ..model.config import read_json_config, write_json_config
 from .config import VIT_PRESETS
 from .labels import MARGINS
 
@@ -98,18 +97,14 @@ class FIQATrainConfig:
                               "ViT-FIQA folder, e.g. from `feval fiqa import`)")
 
     def save(self, folder: Path) -> None:
-        (folder / FIQA_TRAIN_CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n",
-                                                     encoding="utf-8")
+        write_json_config(Path(folder) / FIQA_TRAIN_CONFIG_NAME, dataclasses.asdict(self))
 
     @classmethod
     def load(cls, folder: Path) -> FIQATrainConfig:
-        path = Path(folder) / FIQA_TRAIN_CONFIG_NAME
-        data = read_json_config(path, "a ViT-FIQA training config")
-        known = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except (TypeError, ConfigError) as exc:
-            raise ConfigError(f"{path}: {exc}; delete the run folder to start over") from exc
+        # keys another feval wrote are dropped (runs stay resumable across versions)
+        return read_json_config(cls, Path(folder) / FIQA_TRAIN_CONFIG_NAME, what="a ViT-FIQA training config",
+                                ignore_unknown=True,
+                                fix="; delete the run folder to start over")
 
     def check_resume(self, folder: Path) -> None:
         """Refuse to resume a run with other settings than the ones that started it."""

@@ -18,7 +18,7 @@ from .config import (
     VIDEO_CONFIG_NAME,
     VISION_PROJECTOR_NAME,
     FEvalConfig,
-    read_json_config,
+    read_json_object,
 )
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def check_links(folder: Path) -> None:
 def check_adapter_config(path: Path) -> dict[str, Any]:
     """Read and validate one expert's ``adapter_config.json`` before PEFT sees it; return the parsed object."""
     path = Path(path)
-    data = read_json_config(path, "an adapter config")
+    data = read_json_object(path, "an adapter config")
     problems = []
     if data.get("peft_type") != "LORA":
         problems.append(f"peft_type must be 'LORA', got {data.get('peft_type')!r}")

@@ -9,12 +9,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from ..dimensions import DIMENSIONS
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+C = TypeVar("C")
 
 CONFIG_NAME = "feval_config.json"
 PROJECTORS_NAME = "projectors.safetensors"
@@ -53,7 +56,8 @@ class FaceEncoderConfig:
     det_thresh: float = field(default=0.5, metadata={"help": "detection score threshold"})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.pack, str) or not self.pack or "/" in self.pack or "\\" in self.pack or ".." in self.pack:
+        if (not isinstance(self.pack, str) or not self.pack or "/" in self.pack or "\\" in self.pack
+                or ".." in self.pack):
             raise ConfigError(f"face.pack must be a plain folder name like 'buffalo_l', got {self.pack!r}")
         if self.root is not None and (not isinstance(self.root, str) or not self.root or len(self.root) > MAX_STRING):
             raise ConfigError(f"face.root must be a folder path or null, got {self.root!r}")
@@ -101,14 +105,15 @@ class FEvalConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.face, dict):
-            self.face = _build(FaceEncoderConfig, self.face, "face")
+            self.face = read_json_config(FaceEncoderConfig, self.face, what="face")
         elif not isinstance(self.face, FaceEncoderConfig):
             raise ConfigError(f"face must be an object like {{\"pack\": \"buffalo_l\"}}, got {self.face!r}")
         if not isinstance(self.dims, (list, tuple)) or not all(isinstance(d, str) for d in self.dims):
             raise ConfigError(f"dims must be a list of dimension names from {DIMENSIONS}, got {self.dims!r}")
         self.dims = tuple(self.dims)
         if not isinstance(self.base_model, str) or not self.base_model.strip() or len(self.base_model) > MAX_STRING:
-            raise ConfigError("base_model must name a backbone: a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct' or a folder")
+            raise ConfigError("base_model must name a backbone: a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct' or a "
+                              "folder")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.score_mode not in SCORE_MODES:
@@ -118,7 +123,8 @@ class FEvalConfig:
         if self.vision_experts not in VISION_EXPERTS:
             raise ConfigError(f"vision_experts must be one of {VISION_EXPERTS}, got {self.vision_experts!r}")
         if self.vision_projector not in VISION_PROJECTOR_STATES:
-            raise ConfigError(f"vision_projector must be one of {VISION_PROJECTOR_STATES}, got {self.vision_projector!r}")
+            raise ConfigError(f"vision_projector must be one of {VISION_PROJECTOR_STATES}, "
+                              f"got {self.vision_projector!r}")
         bad = [d for d in self.dims if d not in DIMENSIONS]
         if bad or not self.dims or len(set(self.dims)) != len(self.dims):
             raise ConfigError(f"dims must be a non-empty subset of {DIMENSIONS} without repeats, got {list(self.dims)}")
@@ -144,7 +150,8 @@ class FEvalConfig:
         if self.mode == "zero_shot" and self.score_mode != "levels":
             raise ConfigError("zero_shot mode scores with rating words only: set score_mode='levels'")
         if self.mode == "zero_shot" and (self.vision_experts != "none" or self.vision_projector != "frozen"):
-            raise ConfigError("zero_shot mode has no trained parts: set vision_experts='none', vision_projector='frozen'")
+            raise ConfigError("zero_shot mode has no trained parts: set vision_experts='none', "
+                              "vision_projector='frozen'")
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -158,13 +165,10 @@ class FEvalConfig:
     @classmethod
     def load(cls, path: str | Path) -> FEvalConfig:
         """Read and validate a config file (size-limited, plain JSON, unknown keys refused)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"{path} not found: a feval checkpoint folder must contain {CONFIG_NAME}")
-        data = read_json_config(path)
-        config = _build(cls, data, str(path))
+        config = read_json_config(cls, path, name=CONFIG_NAME,
+                                  missing=f": a feval checkpoint folder must contain {CONFIG_NAME}")
+        path = Path(path).expanduser()
+        path = path / CONFIG_NAME if path.is_dir() else path
         _check_relative_paths(config, path)
         if config.trust_remote_code:
             # A shared file must not switch on code execution: only the caller can (trust_remote_code=True).
@@ -176,13 +180,66 @@ class FEvalConfig:
 
 
 def write_json_config(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write a config as the plain JSON :func:`read_json_config` reads back (sorted keys, UTF-8)."""
+    """Write a config as the plain JSON :func:`read_json_config` reads back (sorted keys, UTF-8): the one writer."""
     path = Path(path)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 
-def read_json_config(path: str | Path, what: str = "a feval config") -> dict[str, Any]:
+def read_json_config(cls: type[C], source: str | Path | Mapping[str, Any], *, what: str = "a feval config",
+                     name: str | None = None, missing: str = "", unknown_hint: str | None = None,
+                     ignore_unknown: bool = False, fix: str = "") -> C:
+    """Build the config dataclass ``cls`` from a JSON file (read by :func:`read_json_object`) or a parsed dict: the
+    one loader of every saved feval config.
+
+    Unknown keys are refused, naming the valid ones (or ``unknown_hint``), unless ``ignore_unknown`` (keys an older
+    or newer feval wrote are then dropped, with a debug log); missing required keys are named; JSON lists become
+    tuples where the field is a tuple; a nested config dataclass (a field whose default factory is one) is built
+    from its dict the same way. Every error is a :class:`ConfigError` that starts with the file (or ``what``);
+    ``fix`` (what to do about a bad saved file) is appended to the errors of ``cls`` itself. A folder given as
+    ``source`` means its file ``name``; a file that is not there is an error that says ``missing`` (where it comes
+    from).
+    """
+    if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
+        raise TypeError(f"read_json_config(cls, path_or_dict) builds a config dataclass, got {cls!r}; to parse a "
+                        "JSON object alone use read_json_object(path, what)")
+    if isinstance(source, Mapping):
+        data, where = dict(source), what
+    else:
+        path = Path(source).expanduser()
+        path = path / name if name is not None and path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"{path} not found{missing}")
+        data, where = read_json_object(path, what), str(path)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown and ignore_unknown:
+        logger.debug("%s: ignoring keys this feval does not know: %s", where, unknown)
+        data = {k: v for k, v in data.items() if k in fields}
+    elif unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; {unknown_hint or f'valid keys are {sorted(fields)}'}")
+    missing = [k for k, f in fields.items() if k not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required keys {missing}")
+    for name, value in data.items():
+        f = fields[name]
+        nested = f.default_factory
+        if isinstance(value, Mapping) and isinstance(nested, type) and dataclasses.is_dataclass(nested):
+            data[name] = read_json_config(nested, value, what=f"{where}: {name}")
+        elif isinstance(value, list) and str(f.type).startswith("tuple"):
+            data[name] = tuple(value)
+    try:
+        return cls(**data)
+    except ConfigError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}{fix}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}{fix}") from exc
+
+
+def read_json_object(path: str | Path, what: str = "a feval config") -> dict[str, Any]:
     """Parse a small JSON object from an untrusted file: size, nesting and NaN/Infinity are refused."""
     path = Path(path)
     size = path.stat().st_size
@@ -245,19 +302,3 @@ def _check_relative_paths(config: FEvalConfig, path: Path) -> None:
         if value and not Path(value).is_absolute() and ".." in Path(value.replace("\\", "/")).parts:
             raise ConfigError(f"{path}: {key} {value!r} points outside the checkpoint folder; relative paths in a "
                               "checkpoint must stay inside it. Use an absolute path or a hub id instead.")
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys are {sorted(names)}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ConfigError(f"{where}: missing required keys {missing}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc

@@ -5,6 +5,7 @@
   rule that makes totals (:func:`~.result.judged_mean`: not asked -> left out, failed -> 0, no face -> floor);
 * :mod:`.plan` — which (image, dimension) rows to ask, one rule for every caller: prompts cleaned, references
   loaded once, identity NaN with a reason without two faces, zero-shot identity from ArcFace;
+* :mod:`.prefilter` — the pre-filter rule: faces under the threshold skip the model, faceless images never;
 * :mod:`.tensors` — the same scores with gradients to the pixels (differentiable rewards);
 * :mod:`.distributed` — data-parallel scoring under ``accelerate launch``.
 

@@ -40,6 +40,11 @@ class ScoreResult:
     missing: list[dict[str, str]] = field(default_factory=list)
     """Per image, ``{dimension: reason}`` for every dimension without a score (:data:`~feval_core.dimensions.
     MISSING_REASONS`: not asked, no prompt, no reference, reference unusable, no face in the image, ...)."""
+    prefilter: list[float | None] = field(default_factory=list)
+    """Per image, the pre-filter's score (None: no face, or unreadable) when scored with a pre-filter; else empty."""
+    face_info: list[Any] = field(default_factory=list)
+    """Per image, the ``FaceInfo`` the scorer found (None: no face model, or unreadable) when asked to keep them
+    (``keep_faces=True``), for ``FIQAScorer.score(..., faces=...)`` and pre-filters to reuse; else empty."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -54,6 +59,8 @@ class ScoreResult:
                 rec[d] = None if math.isnan(v) else round(v, 4)
             rec["faces"] = self.faces[i]
             rec["error"] = self.errors[i]
+            if self.prefilter:
+                rec["prefilter"] = self.prefilter[i]
             if self.warnings and self.warnings[i]:
                 rec["warnings"] = self.warnings[i]
             if self.answers and self.answers[i]:
@@ -71,7 +78,8 @@ class ScoreResult:
             torch.cat([p.scores for p in parts]), [n for p in parts for n in p.names],
             [f for p in parts for f in p.faces], [e for p in parts for e in p.errors],
             [w for p in parts for w in p.warnings], parts[0].dims, [a for p in parts for a in p.answers],
-            [m for p in parts for m in p.missing])
+            [m for p in parts for m in p.missing], [v for p in parts for v in p.prefilter],
+            [f for p in parts for f in p.face_info])
 
     def judged(self, weights: Mapping[str, float] | Sequence[float], *, faces_required: bool = True,
                empty: float = math.nan, utility: torch.Tensor | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..dimensions import DIM_INDEX, DIMENSIONS, EVAL_PROMPTS, parse_dims
+from ..dimensions import DIM_INDEX, DIMENSIONS, EVAL_PROMPTS, PREFILTERED, parse_dims
 from ..errors import ConfigError, FaceModelError, ImageInputError
 from ..faces.identity import NO_FACE_IN_IMAGE, face_notes
 from ..inputs.images import (
@@ -45,6 +46,7 @@ from .plan import (
     line_up,
     plan_questions,
 )
+from .prefilter import PrefilterPass, check_threshold, run_prefilter
 from .result import ScoreResult, complete_missing
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class _Ready:
     error: str | None = None
     info: Any = None  # FaceInfo, or None without a face encoder
     pixels: Any = None  # PreparedImage for the fast path
+    prefilter: float = math.nan  # the pre-filter's score, when scoring with one
 
 
 def default_device() -> str:
@@ -166,16 +169,25 @@ class FEvalScorer:
 
     def score(self, images: Any, prompts: str | Sequence[str | None] | None = None, refs: Any = None,
               dims: str | Sequence[str] | None = None, *, batch_size: int = 8, questions: Sequence[str] | None = None,
-              lq: Any = None) -> ScoreResult:
+              lq: Any = None, prefilter: Any = None, prefilter_threshold: float | None = None,
+              keep_faces: bool = False) -> ScoreResult:
         """Score images. ``prompts``/``refs``: one per image or one for all. Returns all rows, in order.
 
         ``questions``: questions in your own words ("How natural does this face look?"): the router picks the
         expert of each, and :attr:`ScoreResult.answers` says which dimension, with its probability, and the score
         (with questions, ``dims`` defaults to none). ``lq``: the low-quality input of each restored image (one per
         image or one for all): the quality row compares the restoration with it, as FaceQ's raters did.
+
+        ``prefilter``: a landmark pre-filter (``LandmarkPrefilter.from_pretrained(DIR)``): every row gets its score
+        (:attr:`ScoreResult.prefilter`), and with ``prefilter_threshold`` a face scoring under it is not given to the
+        LMM (its dimensions are NaN with the reason "skipped by the pre-filter", and a warning says so); an image
+        without a face is never skipped. The pre-filter reuses this scorer's face detections when its face pack is
+        the same one. ``keep_faces``: keep each image's ``FaceInfo`` (:attr:`ScoreResult.face_info`) for other scorers
+        to reuse, e.g. ``FIQAScorer.score(images, faces=result.face_info)``.
         """
-        return ScoreResult.concat(list(self.iter_scores(images, prompts, refs, dims, batch_size=batch_size,
-                                                        questions=questions, lq=lq)))
+        return ScoreResult.concat(list(self.iter_scores(
+            images, prompts, refs, dims, batch_size=batch_size, questions=questions, lq=lq, prefilter=prefilter,
+            prefilter_threshold=prefilter_threshold, keep_faces=keep_faces)))
 
     def route_questions(self, questions: Sequence[str]) -> list[Asked]:
         """The expert the router picks for each question, among this checkpoint's dimensions, with its probability."""
@@ -194,7 +206,8 @@ class FEvalScorer:
 
     def iter_scores(self, images: Any, prompts: Any = None, refs: Any = None, dims: Any = None, *,
                     batch_size: int = 8, items: list[ImageItem] | None = None, questions: Sequence[str] | None = None,
-                    lq: Any = None) -> Iterator[ScoreResult]:
+                    lq: Any = None, prefilter: Any = None, prefilter_threshold: float | None = None,
+                    keep_faces: bool = False) -> Iterator[ScoreResult]:
         """Like :meth:`score`, one :class:`ScoreResult` per chunk of ``batch_size`` images (for streaming).
 
         Worker threads (:attr:`workers`) decode images, detect faces and run the image processor up to
@@ -202,6 +215,9 @@ class FEvalScorer:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_threshold(prefilter, prefilter_threshold)
+        if prefilter is not None and self.face_encoder is not None:
+            prefilter.share_faces(self.face_encoder)  # e.g. a 106-point pre-filter has the encoder add landmarks
         items = items if items is not None else expand_inputs(images)
         n = len(items)
         prompt_list, ref_list = line_up(n, prompts, refs)
@@ -217,20 +233,26 @@ class FEvalScorer:
         def prepare(index: int, processor: Any) -> _Ready:
             item = items[index]
             try:
-                image = pad_to_aspect(load_image(item))
+                loaded = load_image(item)
             except ImageInputError as exc:
                 return _Ready(index, item.name, error=str(exc))
-            info = self.face_encoder.analyze(image) if self.face_encoder is not None else None
+            image = pad_to_aspect(loaded)  # for the VLM; faces are found in the image as given
+            info = self.face_encoder.analyze(loaded) if self.face_encoder is not None else None
             pixels = self.model.prepare_image(image, processor) if fast else None
-            return _Ready(index, item.name, image, None, info, pixels)
+            pre = run_prefilter(prefilter, [item], [info], None).values[0] if prefilter is not None else math.nan
+            return _Ready(index, item.name, image, None, info, pixels, pre)
 
         prefetcher = Prefetcher(chunked(range(n), batch_size), prepare, workers=workers, ahead=self.prefetch,
                                 make_state=self._processors.acquire, release_state=self._processors.release)
         self.last_prefetch = prefetcher.stats
         for ready in prefetcher:
             idx = [r.index for r in ready]
-            yield self._score_chunk(ready, [prompt_list[i] for i in idx], [ref_list[i] for i in idx],
-                                    [lq_list[i] for i in idx], plan)
+            pre = PrefilterPass.of([r.prefilter for r in ready], prefilter_threshold) if prefilter is not None else None
+            part = self._score_chunk(ready, [prompt_list[i] for i in idx], [ref_list[i] for i in idx],
+                                     [lq_list[i] for i in idx], plan, pre)
+            if keep_faces:
+                part.face_info = [r.info for r in ready]
+            yield part
 
     def _experts(self, dims: Sequence[str]) -> dict[str, str]:
         """Which expert answers each dimension: itself, or with ``routing="router"`` the router's pick for its
@@ -241,7 +263,7 @@ class FEvalScorer:
         return {d: a.dim for d, a in zip(dims, picked)}
 
     def _score_chunk(self, ready: list[_Ready], prompts: list[Any], refs: list[Any], lqs: list[Any],
-                     plan: _Plan) -> ScoreResult:
+                     plan: _Plan, pre: PrefilterPass | None = None) -> ScoreResult:
         n = len(ready)
         scores = torch.full((n, len(DIMENSIONS)), float("nan"), dtype=torch.float32)
         answers = [[{"question": a.text, "dimension": a.dim, "probability": a.probability, "score": None}
@@ -253,6 +275,12 @@ class FEvalScorer:
         for i in ok:
             if infos[i] is not None and not infos[i].has_face:
                 warnings[i].append(NO_FACE_IN_IMAGE)
+        if pre is not None:  # the pre-filter rule (scoring/prefilter.py): faces under the threshold skip the LMM
+            for i in ok:
+                if pre.skipped[i]:
+                    warnings[i].append(pre.note(i))
+                    missing[i].update(dict.fromkeys(plan.dims, PREFILTERED))
+            ok = [i for i in ok if not pre.skipped[i]]
         with self._lock, torch.inference_mode():
             questions = plan_questions(plan.dims, prompts, refs, infos, indices=ok,
                                        tokenizer=self.model.processor.tokenizer,
@@ -273,7 +301,8 @@ class FEvalScorer:
         warnings = [face_notes(w) for w in warnings]
         errors = [r.error for r in ready]
         return ScoreResult(scores, [r.name for r in ready], faces, errors, warnings, plan.dims,
-                           answers if plan.asked else [], complete_missing(scores, missing, errors))
+                           answers if plan.asked else [], complete_missing(scores, missing, errors),
+                           [pre.record_value(i) for i in range(n)] if pre is not None else [])
 
     def _ask(self, ready: list[_Ready], questions: list[Question], ref_prepared: dict[int, Any]) -> list[float]:
         """The LMM's scores of ``questions`` (one batched pass over all their rows)."""

@@ -16,6 +16,8 @@ from ..model.config import (
     DEFAULT_LORA_TARGETS,
     DEFAULT_VISION_LORA_TARGETS,
     VISION_EXPERTS,
+    read_json_config,
+    read_json_object,
     write_json_config,
 )
 
@@ -164,24 +166,9 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a run's ``train_config.json`` (a file or the run folder); unknown keys and bad values refused."""
-        from ..model.config import read_json_config
-
-        path = Path(path)
-        if path.is_dir():
-            path = path / TRAIN_CONFIG_NAME
-        if not path.is_file():
-            raise ConfigError(f"{path} not found; `feval train` writes it in the run folder")
-        data = read_json_config(path, "a feval train config")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {unknown}")
-        try:
-            return cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{path}: {exc}; it is written by `feval train`, do not edit it by hand") from exc
+        return read_json_config(cls, path, what="a feval train config", name=TRAIN_CONFIG_NAME,
+                                missing="; `feval train` writes it in the run folder",
+                                fix="; it is written by `feval train`, do not edit it by hand")
 
     def learning_rate(self, hidden_size: int) -> float:
         """``lr``, or the default for an LLM of ``hidden_size`` (see the field's help)."""
@@ -205,12 +192,10 @@ def score_mode_for(schedule: str) -> str:
 
 def check_resume(cfg: TrainConfig, out: Path) -> None:
     """Refuse to resume the run in ``out`` with settings that change what is trained."""
-    from ..model.config import read_json_config
-
     saved = out / TRAIN_CONFIG_NAME
     if not saved.is_file():
         raise ConfigError(f"--resume: {out} has no {TRAIN_CONFIG_NAME}; start a new run without --resume")
-    if "vision_experts" not in read_json_config(saved, "a feval train config"):
+    if "vision_experts" not in read_json_object(saved, "a feval train config"):
         raise ConfigError(f"--resume: the run in {out} was started by a feval without vision experts and a trained "
                           "vision projector, whose state this one cannot continue; finish it with the feval that "
                           "started it, or start a new run in another folder")

@@ -70,7 +70,7 @@ class VideoConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.limits, dict):
-            self.limits = _build(VideoLimits, self.limits, "limits")
+            self.limits = read_json_config(VideoLimits, self.limits, what="limits")
         if self.kind != "video":
             raise ConfigError(f"kind must be 'video', got {self.kind!r}")
         for name in ("temporal_model", "portrait_model"):
@@ -111,24 +111,10 @@ class VideoConfig:
 
     @classmethod
     def load(cls, folder: str | Path) -> VideoConfig:
-        path = Path(folder)
-        path = path / VIDEO_CONFIG_NAME if path.is_dir() else path
-        if not path.is_file():
-            raise ConfigError(f"{path} not found: a feval video checkpoint holds {VIDEO_CONFIG_NAME} (make one with "
-                              "`feval make-tiny --video DIR` or `feval video train ...`)")
-        return _build(cls, read_json_config(path, "a video config"), str(path))
+        return read_json_config(cls, folder, what="a video config", name=VIDEO_CONFIG_NAME,
+                                missing=f": a feval video checkpoint holds {VIDEO_CONFIG_NAME} (make one with "
+                                "`feval make-tiny --video DIR` or `feval video train ...`)")
 
 
 def is_video_checkpoint(folder: str | Path) -> bool:
     return (Path(folder) / VIDEO_CONFIG_NAME).is_file()
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys are {sorted(names)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
