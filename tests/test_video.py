@@ -300,14 +300,36 @@ def test_trained_video_checkpoint_reloads_to_the_same_scores(video_ckpt, tmp_pat
     cfg = VideoTrainConfig(base=str(video_ckpt / "backbone"), temporal_model=str(video_ckpt / "temporal"),
                            branches=("spatial", "temporal"), num_key_frames=2, num_clip_frames=8, temporal_tokens=2,
                            frame_side=64, max_image_pixels=56 * 56, lora_rank=4, lora_alpha=8, epochs=2, batch_size=4,
-                           schedule="two_stage", lr=1e-2)
+                           schedule="two_stage", lr=1e-2, vision_experts="shared")
     assert cfg.stage_bounds(6) == [3, 6] and cfg.stage_weights(0) == {"levels": 1.0}
     res = train_video(cfg, pairs[:6], pairs[6:], out=tmp_path / "run")
     assert len(res.history) == 4 and [h["stage"] for h in res.history] == [1, 1, 2, 2]
     assert (tmp_path / "run" / "vision_projector.safetensors").is_file()
+    vision_b = [p for n, p in res.model.backbone.named_parameters() if "lora_B.vision." in n]
+    assert vision_b and any(float(p.detach().abs().max()) > 0 for p in vision_b)  # the tower's expert trained (B starts at 0)
     parts = load_video_checkpoint(tmp_path / "run")
     assert parts.model.config.score_mode == "regression" and parts.model.config.vision_projector == "trained"
+    assert parts.model.vision_experts == "shared"
     feats, _ = extract(parts.extractor, [s for s, _ in pairs[6:]])
     np.testing.assert_allclose(predict(parts.model, feats), res.val_predictions, atol=1e-3)
     with pytest.raises(ConfigError, match="schedule"):
         VideoTrainConfig(base="b", temporal_model="t", branches=("spatial",), schedule="levelz")
+    with pytest.raises(ConfigError, match="vision_experts"):
+        VideoTrainConfig(base="b", temporal_model="t", branches=("spatial",), vision_experts="all")
+
+
+def test_shared_vision_path_scores_clips_as_the_processor_path(scorer) -> None:
+    """Key frames through the image engine's shared-vision path (the tower on its own, features handed to the LLM
+    pass; the only path that can apply vision experts) score as the processor + backbone forward path."""
+    from feval_core.testing.video import synthetic_video_set
+    from feval_core.video.train import extract
+
+    feats, _ = extract(scorer.extractor, [VideoSource("array", f, f"<{i}>", 8.0)
+                                          for i, (f, _, _) in enumerate(synthetic_video_set(3, seed=5, size=64))])
+    model = scorer.model
+    assert model.can_share_vision
+    with torch.no_grad():
+        shared = model.scores(model.score_clips(feats))
+        whole = model.scores(model._score_clips_processor(feats))
+    torch.testing.assert_close(shared, whole, atol=1e-3, rtol=0)
+    assert float(shared.max() - shared.min()) > 0  # the clips differ

@@ -23,9 +23,11 @@ import torch
 from torch import nn
 
 from ..dimensions import DIM_INDEX
+from ..errors import ConfigError
 from ..model.backbone import FACE_TOKEN
 from ..model.lmm import FEvalModel
 from ..model.rows import FEvalOutput, face_tensor
+from ..model.vision import vision_expert_of
 from .config import VideoConfig
 
 VIDEO_DIM = "quality"
@@ -130,7 +132,22 @@ class VideoLMM(FEvalModel):
         return torch.cat(parts).to(self.dtype) if parts else None
 
     def score_clips(self, clips: Sequence[VideoFeatures]) -> FEvalOutput:
-        """One pass over a batch of clips (gradients flow to the trainable parts when enabled)."""
+        """One pass over a batch of clips (gradients flow to the trainable parts when enabled).
+
+        When the backbone can run its vision tower on its own (:attr:`can_share_vision`), the key frames go through
+        the image engine's shared-vision path: the tower runs once over the batch's frames with the video expert's
+        vision LoRA (``vision_experts``) and its features are handed to the LLM pass; otherwise the processor and
+        the backbone's own forward (no vision experts) are used. Both give the same scores without vision experts.
+        """
+        if self.can_share_vision:
+            return self._score_clips_shared(clips)
+        return self._score_clips_processor(clips)
+
+    def _score_clips_processor(self, clips: Sequence[VideoFeatures]) -> FEvalOutput:
+        """:meth:`score_clips` through the processor and the backbone's forward (no vision experts)."""
+        if self.vision_experts != "none":
+            raise ConfigError("vision experts need the shared-vision path (a backbone whose processor names its "
+                              "image token); use vision_experts='none'")
         texts = [self.clip_text(c) for c in clips]
         images = [im for c in clips for im in c.key_frames]
         inputs = dict(self.processor(images=images, text=texts, return_tensors="pt", padding=True))
@@ -138,5 +155,20 @@ class VideoLMM(FEvalModel):
         inputs = {k: t.to(self.device) if isinstance(t, torch.Tensor) else t for k, t in inputs.items()}
         dims = [VIDEO_DIM] * len(clips)
         level_logits, hidden = self._run(inputs, self._tokens(clips), dims, by_range=True)
+        dim_idx = torch.full((len(clips),), DIM_INDEX[VIDEO_DIM], dtype=torch.long, device=hidden.device)
+        return self._readout(level_logits, hidden, dim_idx)
+
+    def _score_clips_shared(self, clips: Sequence[VideoFeatures]) -> FEvalOutput:
+        """:meth:`score_clips` through :class:`~feval_core.model.shared_vision.SharedVision`'s pieces."""
+        expert = vision_expert_of(self.vision_experts, VIDEO_DIM)
+        frames = [list(c.key_frames) for c in clips]
+        prepared = {id(im): self.prepare_image(im) for imgs in frames for im in imgs}
+        slots = [[(id(im), expert) for im in imgs] for imgs in frames]
+        features, as_tensor = self._features_by_expert(slots, prepared)
+        ids = self.processor.tokenizer([self.clip_text(c) for c in clips])["input_ids"]
+        seqs = self._expand_ids(ids, frames, prepared)
+        kwargs = self._llm_inputs(seqs, [k for row in slots for k in row], features, as_tensor, prepared)
+        dims = [VIDEO_DIM] * len(clips)
+        level_logits, hidden = self._run(kwargs, self._tokens(clips), dims, by_range=True)
         dim_idx = torch.full((len(clips),), DIM_INDEX[VIDEO_DIM], dtype=torch.long, device=hidden.device)
         return self._readout(level_logits, hidden, dim_idx)

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluate.metrics import correlation_table
-from ..model.config import DEFAULT_LORA_TARGETS, FaceEncoderConfig, FEvalConfig
+from ..model.config import DEFAULT_LORA_TARGETS, VISION_EXPERTS, FaceEncoderConfig, FEvalConfig
 from ..train.config import LR_SCHEDULES, REFERENCE_LR, REFERENCE_WIDTH, RESUME_FREE, SCHEDULES, score_mode_for
 from .cache import FeatureCache
 from .checkpoint import build_video_model, load_encoders, save_video_checkpoint
@@ -75,6 +75,9 @@ class VideoTrainConfig:
     level_weight: float = field(default=0.25, metadata={"help": "joint: weight of the rating-word loss"})
     stage1_fraction: float = field(default=0.5, metadata={"help": "two_stage: share of the steps on rating words"})
     train_vision_projector: bool = field(default=True, metadata={"help": "train the backbone's vision projector"})
+    vision_experts: str = field(default="none", metadata={
+        "help": f"LoRA in the vision tower: one of {VISION_EXPERTS} (the video has one expert, so shared = "
+                "per_dimension)"})
     seed: int = 0
     device: str = "cpu"
     save_every: int = field(default=50, metadata={"help": "write resumable state every N optimizer steps (and at "
@@ -95,6 +98,8 @@ class VideoTrainConfig:
         if self.schedule not in SCHEDULES or self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES} and lr_schedule one of {LR_SCHEDULES}; got "
                               f"{self.schedule!r}, {self.lr_schedule!r}")
+        if self.vision_experts not in VISION_EXPERTS:
+            raise ConfigError(f"vision_experts must be one of {VISION_EXPERTS}; got {self.vision_experts!r}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be > 0 (or left out for the width-scaled default); got {self.lr}")
 
@@ -123,7 +128,7 @@ class VideoTrainConfig:
         return FEvalConfig(base_model=self.base, mode="trained", score_mode=score_mode_for(self.schedule),
                            dims=("quality",), vision_projector="trained" if self.train_vision_projector else "frozen",
                            num_face_tokens=self.num_face_tokens, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
-                           lora_target_modules=self.lora_targets,
+                           lora_target_modules=self.lora_targets, vision_experts=self.vision_experts,
                            max_image_pixels=self.max_image_pixels,
                            face=FaceEncoderConfig(pack=self.face_pack, root=self.face_root, det_size=self.det_size))
 
