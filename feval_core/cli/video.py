@@ -128,8 +128,13 @@ def run_video_train(cfg: Any, manifest: str, out: str) -> int:
     val = _rows(manifest, "val") if any(r.split == "val" for r in rows) else []
     face = _load_face_encoder(cfg.feval_config(), None, cfg.device, cfg.face_root) if "face" in cfg.branches else None
     res = train_video(cfg, train, val, out=out, face_encoder=face)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one summary
+        return EXIT_OK
     print(json.dumps({"out": out, "steps": res.steps, "finished": res.finished, "val": res.val,
-                      "skipped": len(res.skipped), "feature_cache": res.cache, "seconds": round(res.seconds, 1)}))
+                      "skipped": len(res.skipped), "feature_cache": res.cache, "seconds": round(res.seconds, 1),
+                      "processes": PartialState().num_processes}))
     if not res.finished:
         print(f"stopped after {res.steps} steps; continue with the same command and --resume", file=sys.stderr)
     return EXIT_OK
