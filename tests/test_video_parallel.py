@@ -133,3 +133,65 @@ def test_two_processes_stopped_and_resumed_match_one_process(ckpt, manifest, tmp
     assert all(r["error"] is None and np.isfinite(r["video_quality"]) for r in rows_two)
     np.testing.assert_allclose([r["video_quality"] for r in rows_two], [r["video_quality"] for r in rows_one],
                                atol=0.05)
+
+
+def test_training_holds_a_few_batches_of_features_not_every_clip(ckpt, tmp_path, monkeypatch) -> None:
+    """Arrays through the API (no path: written to a temporary folder, deleted after the run): at every step only
+    the batches being trained on and read ahead are alive, not the features of all 16 clips."""
+    import gc
+    import tempfile
+
+    import feval_core.video.loop as loop
+    from feval_core.video.model import VideoFeatures
+    from feval_core.video.sources import VideoSource
+    from feval_core.video.store import LOAD_AHEAD
+    from feval_core.video.train import VideoTrainConfig, train_video
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = synthetic_video_set(16, seed=3, n=8, size=64)
+    pairs = [(VideoSource("array", f, f"<{i}>", 8.0), m) for i, (f, m, _) in enumerate(data)]
+    cfg = VideoTrainConfig(base=str(ckpt / "backbone"), temporal_model=str(ckpt / "temporal"),
+                           branches=("spatial", "temporal"), num_key_frames=2, num_clip_frames=8, temporal_tokens=2,
+                           frame_side=64, max_image_pixels=56 * 56, lora_rank=4, lora_alpha=8, epochs=1, batch_size=2)
+    alive: list[int] = []
+    real_step = loop._step
+
+    def counting(*args, **kwargs):
+        gc.collect()
+        alive.append(sum(isinstance(o, VideoFeatures) for o in gc.get_objects()))
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_step", counting)
+    res = train_video(cfg, pairs)
+    assert res.finished and res.steps == 8 and len(alive) == 8
+    assert max(alive) <= (LOAD_AHEAD + 1) * cfg.batch_size < len(pairs), alive
+    assert list(tmp_path.glob("feval-video-features-*")) == [], "the temporary feature folder is removed"
+
+
+def test_store_keeps_whole_cache_entries_and_recomputes_a_damaged_one(ckpt, manifest, tmp_path) -> None:
+    """A second fill of the same clips reads nothing but headers (hits); an entry cut short (a full disk, a copy
+    stopped half way) is computed again; an unreadable clip is an error for that clip only."""
+    from feval_core.video.cache import FeatureCache, read_features
+    from feval_core.video.checkpoint import load_encoders
+    from feval_core.video.features import FeatureExtractor
+    from feval_core.video.sources import VideoSource
+    from feval_core.video.store import FeatureStore
+    from feval_core.video.train import VideoTrainConfig
+
+    cfg = VideoTrainConfig(base=str(ckpt / "backbone"), temporal_model=str(ckpt / "temporal"),
+                           branches=("spatial", "temporal"), num_key_frames=2, num_clip_frames=8, frame_side=64)
+    vcfg = cfg.video_config()
+    extractor = FeatureExtractor(vcfg, *load_encoders(vcfg, None))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00not a video" * 40)
+    files = [manifest.parent / f"c{i:02d}.mp4" for i in range(4)] + [bad]
+    sources = [VideoSource("file", str(p), p.name) for p in files]
+    cache = FeatureCache.for_run(tmp_path / "run", vcfg, None)
+    done, errors = FeatureStore(tmp_path / "scratch", cache).fill(extractor, sources, range(5))
+    assert sorted(done) == [0, 1, 2, 3] and list(errors) == [4] and cache.stored == 4
+    entry = Path(done[2])
+    entry.write_bytes(entry.read_bytes()[:-50])
+    again = FeatureCache.for_run(tmp_path / "run", vcfg, None)
+    done2, _ = FeatureStore(tmp_path / "scratch", again).fill(extractor, sources, range(4))
+    assert (again.hits, again.stored) == (3, 1) and done2 == done
+    assert read_features(entry, "c02").temporal is not None

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from .checks import UsageError, check_device, check_file, check_min, check_out_file, check_out_folder
@@ -117,7 +118,7 @@ def run_video_train(cfg: Any, manifest: str, out: str) -> int:
     manifest. Rows with split "train" train and "val" validate (no split: every row trains)."""
     from ..scoring.scorer import _load_face_encoder
     from ..video.manifest import manifest_kind, read_video_manifest
-    from ..video.train import train_video
+    from ..video.train import process_device, train_video
 
     check_file("--manifest", manifest)
     check_out_folder("--out", out)
@@ -126,7 +127,8 @@ def run_video_train(cfg: Any, manifest: str, out: str) -> int:
     has_split = any(r.split for r in rows)
     train = _rows(manifest, "train" if has_split else None)
     val = _rows(manifest, "val") if any(r.split == "val" for r in rows) else []
-    face = _load_face_encoder(cfg.feval_config(), None, cfg.device, cfg.face_root) if "face" in cfg.branches else None
+    face = (_load_face_encoder(cfg.feval_config(), None, process_device(cfg.device), cfg.face_root)
+            if "face" in cfg.branches else None)
     res = train_video(cfg, train, val, out=out, face_encoder=face)
     from accelerate import PartialState
 

@@ -232,7 +232,7 @@ def train_video(cfg: VideoTrainConfig, train: Sequence[tuple[VideoSource, float]
     the main process writes the state and the checkpoint."""
     t0 = time.time()
     acc = make_accelerator(cpu=str(cfg.device).startswith("cpu") or not torch.cuda.is_available())
-    device = cfg.device if acc.num_processes == 1 else acc.device
+    device = process_device(cfg.device)
     check_run(cfg, out)
     acc.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     run = Path(out).expanduser() if out is not None else None
@@ -273,6 +273,17 @@ def train_video(cfg: VideoTrainConfig, train: Sequence[tuple[VideoSource, float]
                 time.time() - t0)
     return VideoTrainResult(model, extractor, metrics, skipped, time.time() - t0, loop.history, pred, loop.steps,
                             loop.finished, stats)
+
+
+def process_device(device: str) -> str:
+    """The device of this process: under ``accelerate launch`` a plain ``cuda`` is the process's own GPU
+    (``cuda:LOCAL_RANK``, as accelerate places it); anything else as given."""
+    import os
+
+    local = os.environ.get("LOCAL_RANK")
+    if str(device) == "cuda" and local is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(local)}"
+    return str(device)
 
 
 def predict_stored(model: VideoLMM, clips: StoredClips, accelerator: Any, batch: int = 16) -> np.ndarray:
