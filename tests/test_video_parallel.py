@@ -1,7 +1,7 @@
 """Video training at scale: data parallel under ``accelerate launch`` (two CPU processes, stopped and resumed) ends
 where one process with the same global batch ends; clip features are read from disk per batch, never all held.
 
-One tiny video checkpoint and ten 8-frame mp4 clips are built once; every run is four optimizer steps on CPU.
+One tiny video checkpoint and ten 8-frame mp4 clips are built once; every run is six optimizer steps on CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from feval_core.video.loop import local_part  # noqa: E402
 from feval_core.video.store import SCRATCH_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLITS = ["train"] * 7 + ["val"] * 3  # batches of 4 and 3: the second splits 2 + 1 over two processes
+SPLITS = ["train"] * 7 + ["val"] * 3  # batches of 3, 3, 1: over two processes 2 + 1, and 1 + none (weight 0)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def _args(ckpt: Path, manifest: Path, out: Path, *extra: str) -> list[str]:
     return ["video", "train", "--manifest", str(manifest), "--out", str(out), "--base", str(ckpt / "backbone"),
             "--temporal-model", str(ckpt / "temporal"), "--branches", "spatial,temporal", "--num-key-frames", "2",
             "--num-clip-frames", "8", "--temporal-tokens", "2", "--frame-side", "64", "--max-image-pixels", "3136",
-            "--lora-rank", "4", "--lora-alpha", "8", "--epochs", "2", "--batch-size", "4", "--lr", "1e-2",
+            "--lora-rank", "4", "--lora-alpha", "8", "--epochs", "2", "--batch-size", "3", "--lr", "1e-2",
             "--schedule", "two_stage", *extra]
 
 
@@ -96,7 +96,7 @@ def test_local_parts_weight_to_the_batch_mean() -> None:
 
 def test_two_processes_stopped_and_resumed_match_one_process(ckpt, manifest, tmp_path, capsys) -> None:
     """Two CPU processes under ``accelerate launch`` (each extracting its half of the clips into the shared feature
-    cache), stopped after 2 of 4 steps and resumed under two processes: the same losses, trainable weights and
+    cache), stopped after 3 of 6 steps and resumed under two processes: the same losses, trainable weights and
     held-out scores as one process with the same global batch; one state and checkpoint, written by the main
     process; the checkpoint loads and scores."""
     from feval_core.video.scorer import VideoScorer
@@ -104,22 +104,22 @@ def test_two_processes_stopped_and_resumed_match_one_process(ckpt, manifest, tmp
     one = tmp_path / "one"
     assert main(_args(ckpt, manifest, one)) == 0
     ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert ref["finished"] and ref["steps"] == 4 and ref["processes"] == 1
+    assert ref["finished"] and ref["steps"] == 6 and ref["processes"] == 1
 
     two = tmp_path / "two"
-    first = _launch_two(_args(ckpt, manifest, two, "--stop-after", "2"), tmp_path)
-    assert first["processes"] == 2 and first["steps"] == 2 and first["finished"] is False
+    first = _launch_two(_args(ckpt, manifest, two, "--stop-after", "3"), tmp_path)
+    assert first["processes"] == 2 and first["steps"] == 3 and first["finished"] is False
     assert first["feature_cache"] == {"hits": 0, "stored": 10}  # each clip extracted once, by one of the two
     state = json.loads((two / "state" / "trainer_state.json").read_text())
-    assert state["num_processes"] == 2 and state["step"] == 2 and (two / "state" / "rng_1.safetensors").is_file()
+    assert state["num_processes"] == 2 and state["step"] == 3 and (two / "state" / "rng_1.safetensors").is_file()
     done = _launch_two(_args(ckpt, manifest, two, "--resume"), tmp_path)
-    assert done["finished"] and done["steps"] == 4 and done["feature_cache"] == {"hits": 10, "stored": 0}
+    assert done["finished"] and done["steps"] == 6 and done["feature_cache"] == {"hits": 10, "stored": 0}
     assert not (two / SCRATCH_DIR).exists() and len(list((two / CACHE_DIR).glob("*.safetensors"))) == 10
 
     log_one = [json.loads(x) for x in (one / "train_log.jsonl").read_text().splitlines()]
     log_two = [json.loads(x) for x in (two / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log_two] == [0, 1, 2, 3], "one log line per step, from the main process"
-    assert [r["clips"] for r in log_two] == [4, 3, 4, 3]  # each epoch sees the 7 training clips
+    assert [r["step"] for r in log_two] == list(range(6)), "one log line per step, from the main process"
+    assert [r["clips"] for r in log_two] == [3, 3, 1] * 2  # each epoch sees the 7 training clips
     np.testing.assert_allclose([r["loss"] for r in log_two], [r["loss"] for r in log_one], rtol=1e-3, atol=1e-5)
     a, b = _trainable(one), _trainable(two)
     assert set(a) == set(b)
@@ -195,3 +195,18 @@ def test_store_keeps_whole_cache_entries_and_recomputes_a_damaged_one(ckpt, mani
     done2, _ = FeatureStore(tmp_path / "scratch", again).fill(extractor, sources, range(4))
     assert (again.hits, again.stored) == (3, 1) and done2 == done
     assert read_features(entry, "c02").temporal is not None
+
+
+def test_each_process_gets_its_own_gpu(monkeypatch) -> None:
+    """Under ``accelerate launch`` ``--device cuda`` is the process's own GPU; a fixed ``cuda:N`` is refused (every
+    process would share one GPU); one process keeps the device as given."""
+    from feval_core.errors import ConfigError
+    from feval_core.video.train import process_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert process_device("cuda:1") == "cuda:1" and process_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert process_device("cuda") == "cuda:3" and process_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="--device cuda"):
+        process_device("cuda:0")

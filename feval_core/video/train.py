@@ -281,9 +281,12 @@ def process_device(device: str) -> str:
     import os
 
     local = os.environ.get("LOCAL_RANK")
-    if str(device) == "cuda" and local is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return f"cuda:{int(local)}"
-    return str(device)
+    if local is None or int(os.environ.get("WORLD_SIZE", "1")) < 2 or not str(device).startswith("cuda"):
+        return str(device)
+    if str(device) != "cuda":
+        raise ConfigError(f"--device {device} under accelerate launch would put every process on one GPU; pass "
+                          "--device cuda (each process then uses its own GPU)")
+    return f"cuda:{int(local)}"
 
 
 def predict_stored(model: VideoLMM, clips: StoredClips, accelerator: Any, batch: int = 16) -> np.ndarray:
