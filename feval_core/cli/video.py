@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from .checks import UsageError, check_device, check_file, check_min, check_out_file, check_out_folder
@@ -117,7 +118,7 @@ def run_video_train(cfg: Any, manifest: str, out: str) -> int:
     manifest. Rows with split "train" train and "val" validate (no split: every row trains)."""
     from ..scoring.scorer import _load_face_encoder
     from ..video.manifest import manifest_kind, read_video_manifest
-    from ..video.train import train_video
+    from ..video.train import process_device, train_video
 
     check_file("--manifest", manifest)
     check_out_folder("--out", out)
@@ -126,10 +127,16 @@ def run_video_train(cfg: Any, manifest: str, out: str) -> int:
     has_split = any(r.split for r in rows)
     train = _rows(manifest, "train" if has_split else None)
     val = _rows(manifest, "val") if any(r.split == "val" for r in rows) else []
-    face = _load_face_encoder(cfg.feval_config(), None, cfg.device, cfg.face_root) if "face" in cfg.branches else None
+    face = (_load_face_encoder(cfg.feval_config(), None, process_device(cfg.device), cfg.face_root)
+            if "face" in cfg.branches else None)
     res = train_video(cfg, train, val, out=out, face_encoder=face)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one summary
+        return EXIT_OK
     print(json.dumps({"out": out, "steps": res.steps, "finished": res.finished, "val": res.val,
-                      "skipped": len(res.skipped), "feature_cache": res.cache, "seconds": round(res.seconds, 1)}))
+                      "skipped": len(res.skipped), "feature_cache": res.cache, "seconds": round(res.seconds, 1),
+                      "processes": PartialState().num_processes}))
     if not res.finished:
         print(f"stopped after {res.steps} steps; continue with the same command and --resume", file=sys.stderr)
     return EXIT_OK

@@ -316,6 +316,15 @@ class Trainer:
 
 
 def _accelerator(cfg: TrainConfig) -> Any:
+    return make_accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+                            gradient_accumulation_steps=cfg.grad_accum)
+
+
+def make_accelerator(*, cpu: bool | None = None, mixed_precision: str = "no",
+                     gradient_accumulation_steps: int = 1) -> Any:
+    """accelerate's ``Accelerator`` as feval's trainers use it: one process, or one of the processes that
+    ``accelerate launch`` started (data parallel, gradients averaged by DDP). ``cpu`` (default: when there is no
+    GPU) keeps the processes on the CPU and joins them with gloo."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
@@ -326,9 +335,9 @@ def _accelerator(cfg: TrainConfig) -> Any:
     return Accelerator(
         # without cpu=True accelerate sets up no process group on a machine without GPUs: torchrun-launched
         # CPU processes (``accelerate launch --multi_gpu`` there) would each train alone
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=(not torch.cuda.is_available()) if cpu is None else cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 

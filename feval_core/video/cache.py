@@ -7,7 +7,8 @@ not cached), the key frames' times, the temporal encoder's and the segmenter's f
 per-frame embeddings and detector scores. The file's name is a hash of the clip (path, size and modification time
 of the file, or of each frame of a frame folder) and of everything that shapes its features (the sampling, the
 branches, the encoders' folders, the face pack). A changed clip or setting misses the cache; nothing is ever
-reused for a different input. Arrays have no path and are not cached.
+reused for a different input. Arrays have no path and are not cached here (a training run keeps them in a
+temporary folder, :mod:`~feval_core.video.store`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +88,7 @@ class FeatureCache:
         if key is None or not self.path(key).is_file():
             return None
         try:
-            feats = _read(self.path(key), source.name)
+            feats = read_features(self.path(key), source.name)
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             logger.warning("feature cache: %s is unreadable (%s); computing the clip again", self.path(key), exc)
             return None
@@ -98,12 +100,26 @@ class FeatureCache:
         if key is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write(self.path(key), feats)
+        write_features(self.path(key), feats)
         self.stored += 1
 
 
-def _write(path: Path, f: VideoFeatures) -> None:
-    """Atomically (a temporary file, then a rename): a killed run leaves no half-written entry."""
+def is_entry(path: Path) -> bool:
+    """Whether ``path`` is a whole entry of this format (reads the header only; safetensors refuses a file whose
+    length does not match its header, so a cut file is not one)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return (fh.metadata() or {}).get("format") == str(CACHE_FORMAT)
+    except Exception as exc:  # noqa: BLE001 - OSError, or safetensors' own SafetensorError for a bad header
+        logger.debug("feature cache: %s is not an entry (%s)", path, exc)
+        return False
+
+
+def write_features(path: Path, f: VideoFeatures) -> None:
+    """Write one clip's features atomically (a temporary file, then a rename): a killed run, or another process
+    writing the same entry, never leaves a half-written one."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {"key_times": torch.tensor(f.key_times, dtype=torch.float64),
@@ -118,12 +134,13 @@ def _write(path: Path, f: VideoFeatures) -> None:
         if e is not None:
             tensors[f"face.{i}"] = torch.from_numpy(np.array(e, dtype=np.float32))
     meta = {"format": str(CACHE_FORMAT), "frames": str(len(f.key_frames)), "faces": str(len(f.faces))}
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp = path.with_name(path.name + f".{socket.gethostname()}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
-def _read(path: Path, name: str) -> VideoFeatures:
+def read_features(path: Path, name: str) -> VideoFeatures:
+    """One clip's features as :func:`write_features` wrote them, named ``name``."""
     from PIL import Image
     from safetensors import safe_open
 

@@ -6,13 +6,15 @@ score head), ``two_stage`` (FVQ-Rater: levels, then regression) or ``joint``; th
 ``1e-4 x 2048 / (LLM width)``, with warm-up, a cosine decay per stage and gradient clipping. The backbone's vision
 tower, the temporal encoder, the segmenter and the face pack stay frozen; the LoRA expert, the backbone's vision
 projector, the facial, temporal and portrait projectors and the head are trained. The frozen encoders' features are
-computed once per clip.
+computed once per clip, written to disk and read back per batch; ``accelerate launch`` runs it data parallel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ from ..errors import ConfigError
 from ..evaluate.metrics import correlation_table
 from ..model.config import DEFAULT_LORA_TARGETS, VISION_EXPERTS, FaceEncoderConfig, FEvalConfig
 from ..train.config import LR_SCHEDULES, REFERENCE_LR, REFERENCE_WIDTH, RESUME_FREE, SCHEDULES, score_mode_for
+from ..train.loop import make_accelerator
 from .cache import FeatureCache
 from .checkpoint import build_video_model, load_encoders, save_video_checkpoint
 from .config import BRANCHES, VideoConfig
@@ -34,6 +37,7 @@ from .features import FeatureExtractor, detect_faces
 from .loop import run_loop
 from .model import VideoFeatures, VideoLMM
 from .sources import VideoInputError, VideoSource
+from .store import FeatureStore, StoredClips, scratch_folder, store_clips
 
 logger = logging.getLogger(__name__)
 
@@ -222,42 +226,96 @@ def train_video(cfg: VideoTrainConfig, train: Sequence[tuple[VideoSource, float]
                 val: Sequence[tuple[VideoSource, float]] = (), *, out: str | Path | None = None,
                 face_encoder: Any = None) -> VideoTrainResult:
     """Train on (source, MOS) pairs; validate on ``val``; save to ``out`` when given. With ``out``, the run is
-    resumable (state in ``out/state``) and the frozen features are cached in ``out/feature_cache``."""
+    resumable (state in ``out/state``) and the frozen features are cached in ``out/feature_cache``. Every clip's
+    features are written to disk first and read back per batch (:mod:`~feval_core.video.store`), so memory does not
+    grow with the number of clips. Under ``accelerate launch`` the processes share the clips and average gradients;
+    the main process writes the state and the checkpoint."""
     t0 = time.time()
+    acc = make_accelerator(cpu=str(cfg.device).startswith("cpu") or not torch.cuda.is_available())
+    device = process_device(cfg.device)
     check_run(cfg, out)
+    acc.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     run = Path(out).expanduser() if out is not None else None
-    if run is not None:
+    if run is not None and acc.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
         (run / VIDEO_TRAIN_CONFIG_NAME).write_text(_json(asdict(cfg)), encoding="utf-8")
     vcfg = cfg.video_config()
-    temporal, portrait = load_encoders(vcfg, None, cfg.device)
+    temporal, portrait = load_encoders(vcfg, None, device)
     extractor = FeatureExtractor(vcfg, temporal, portrait, face_encoder)
     cache = None
     if run is not None and cfg.feature_cache:
         face = {"pack": cfg.face_pack, "root": cfg.face_root, "det_size": cfg.det_size} if vcfg.uses("face") else None
         cache = FeatureCache.for_run(run, vcfg, face)
-    tr_feats, skipped = extract(extractor, [s for s, _ in train], cache=cache)
-    va_feats, va_skipped = extract(extractor, [s for s, _ in val], cache=cache)
-    skipped.update(va_skipped)
-    tr = [(f, m) for f, (_, m) in zip(tr_feats, train) if f is not None]
-    va = [(f, m) for f, (_, m) in zip(va_feats, val) if f is not None]
-    if not tr:
-        first = next(iter(skipped.values()), "")
-        raise ConfigError(f"no training video could be read ({len(skipped)} errors, e.g. {first})")
-    torch.manual_seed(cfg.seed)
-    model = build_video_model(cfg.feval_config(), vcfg, temporal, portrait, device=cfg.device)
-    loop = run_loop(model, tr, cfg, run)
-    metrics, pred = {}, None
-    if va and loop.finished:
-        pred = predict(model, [f for f, _ in va])
-        metrics = correlation_table(pred, np.asarray([m for _, m in va]))
-    if run is not None and loop.finished:
-        save_video_checkpoint(model, run)
-    stats = {"hits": cache.hits, "stored": cache.stored} if cache is not None else {}
-    logger.info("video training: %d clips, %d skipped, feature cache %s, %d of %d steps, val %s, %.0f s", len(tr),
-                len(skipped), stats or "off", loop.steps, loop.total, metrics, time.time() - t0)
+    store = FeatureStore(scratch_folder(run, acc), cache)
+    try:
+        tr, skipped = store_clips(store, extractor, train, acc)
+        va, va_skipped = store_clips(store, extractor, val, acc, offset=len(train))
+        skipped.update(va_skipped)
+        if not len(tr):
+            first = next(iter(skipped.values()), "")
+            raise ConfigError(f"no training video could be read ({len(skipped)} errors, e.g. {first})")
+        torch.manual_seed(cfg.seed)
+        model = build_video_model(cfg.feval_config(), vcfg, temporal, portrait, device=device)
+        loop = run_loop(model, tr, cfg, run, acc)
+        metrics, pred = {}, None
+        if len(va) and loop.finished:
+            pred = predict_stored(model, va, acc)
+            metrics = correlation_table(pred, np.asarray(va.mos))
+        if run is not None and loop.finished and acc.is_main_process:
+            save_video_checkpoint(model, run)
+        stats = _cache_stats(cache, acc)
+        acc.wait_for_everyone()
+    finally:
+        if acc.is_main_process:
+            shutil.rmtree(store.scratch, ignore_errors=True)
+    logger.info("video training: %d clips, %d skipped, feature cache %s, %d of %d steps on %d process(es), val %s, "
+                "%.0f s", len(tr), len(skipped), stats or "off", loop.steps, loop.total, acc.num_processes, metrics,
+                time.time() - t0)
     return VideoTrainResult(model, extractor, metrics, skipped, time.time() - t0, loop.history, pred, loop.steps,
                             loop.finished, stats)
+
+
+def process_device(device: str) -> str:
+    """The device of this process: under ``accelerate launch`` a plain ``cuda`` is the process's own GPU
+    (``cuda:LOCAL_RANK``, as accelerate places it); anything else as given."""
+    import os
+
+    local = os.environ.get("LOCAL_RANK")
+    if local is None or int(os.environ.get("WORLD_SIZE", "1")) < 2 or not str(device).startswith("cuda"):
+        return str(device)
+    if str(device) != "cuda":
+        raise ConfigError(f"--device {device} under accelerate launch would put every process on one GPU; pass "
+                          "--device cuda (each process then uses its own GPU)")
+    return f"cuda:{int(local)}"
+
+
+def predict_stored(model: VideoLMM, clips: StoredClips, accelerator: Any, batch: int = 16) -> np.ndarray:
+    """Scores of the stored clips, in their order: each process scores every N-th clip, read per batch."""
+    from ..inputs.prefetch import chunked
+
+    mine = list(range(accelerator.process_index, len(clips), accelerator.num_processes))
+    scores: dict[int, float] = {}
+    with torch.no_grad(), contextlib.closing(clips.batches(chunked(mine, batch))) as loaded:
+        for idx, feats in zip(chunked(mine, batch), loaded):
+            values = model.scores(model.score_clips(feats)).float().cpu().tolist()
+            scores.update(zip(idx, values))
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        scores = {i: v for part in gather_object([scores]) for i, v in part.items()}
+    return np.asarray([scores[i] for i in range(len(clips))], dtype=np.float64)
+
+
+def _cache_stats(cache: FeatureCache | None, accelerator: Any) -> dict[str, int]:
+    """The feature cache's hits and entries written, summed over the processes ({} without a cache)."""
+    if cache is None:
+        return {}
+    counts = [(cache.hits, cache.stored)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        counts = gather_object(counts)
+    return {"hits": sum(h for h, _ in counts), "stored": sum(s for _, s in counts)}
 
 
 def _json(d: dict[str, Any]) -> str:
