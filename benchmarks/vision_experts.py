@@ -6,10 +6,13 @@ authenticity = plastic skin, over-saturation) with default settings except ``vis
 (and seed), after a linear probe of the frozen model's features; then scores the same held-out images with each
 trained checkpoint, side by side in one run, and prints SRCC, training time and img/s (with the ratio to
 ``none``); the tiny model's tower costs next to nothing, so the same is timed on a mid-size backbone (random
-weights, 448 px). The option with the best SRCC at an acceptable cost is the default.
+weights, 448 px). The option with the best SRCC at an acceptable cost is the default. ``shared`` is timed twice:
+merged into the tower (what ``from_pretrained`` gives for scoring) and unmerged (``merge_vision=False``, a LoRA
+branch in every tower linear).
 
     python benchmarks/vision_experts.py
     python benchmarks/vision_experts.py --seeds 0,1 --json vision.jsonl
+    python benchmarks/vision_experts.py --speed-only --options none,shared
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing (and imp
 
 logger = logging.getLogger("feval.bench")
 DIMS = ("quality", "authenticity")
+UNMERGED = "shared, unmerged"
 
 
 def _speed(scorers: dict[str, object], images: list[str], repeats: int) -> dict[str, float]:
@@ -55,8 +59,26 @@ def _mid_scorers(options: list[str], face_root: Path) -> dict[str, object]:
 
     spec = BackboneSpec("mid (CPU)", 256, 4, 4, 2, 1024, 1024, vision_depth=8, vision_hidden=256, vision_heads=4,
                         vision_intermediate=1024, fullatt=(3, 7))
-    return {o: build_scorer(spec, device="cpu", dtype=torch.float32, max_pixels=448 * 448, face_root=face_root,
-                            face_pack="tiny_face", det_size=128, attn="sdpa", vision_experts=o) for o in options}
+    scorers = {}
+    for o in options:
+        for name in ((o, UNMERGED) if o == "shared" else (o,)):
+            torch.manual_seed(0)
+            scorers[name] = build_scorer(spec, device="cpu", dtype=torch.float32, max_pixels=448 * 448,
+                                         face_root=face_root, face_pack="tiny_face", det_size=128, attn="sdpa",
+                                         vision_experts=o)
+            if name == "shared" and not scorers[name].model.merge_vision_expert():  # as from_pretrained does
+                raise RuntimeError("the shared vision expert did not merge")
+    return scorers
+
+
+def _trained_scorers(checkpoints: dict[str, Path]) -> dict[str, object]:
+    """Each trained checkpoint loaded for scoring, and the shared one also unmerged."""
+    from feval_core import FEvalScorer
+
+    scorers = {k: FEvalScorer.from_pretrained(p, device="cpu") for k, p in checkpoints.items()}
+    if "shared" in checkpoints:
+        scorers[UNMERGED] = FEvalScorer.from_pretrained(checkpoints["shared"], device="cpu", merge_vision=False)
+    return scorers
 
 
 def _speed_only(args: argparse.Namespace) -> int:
@@ -117,12 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                              **{d: round(res.val[d]["srcc"], 4) for d in DIMS}})
                 checkpoints.setdefault(option, out)
                 logger.info("%s", json.dumps(rows[-1]))
-        from feval_core import FEvalScorer
-
         images = [str(r.image) for r in read_manifest(task.data / "val.jsonl")][:args.speed_images]
-        speed = _speed({k: FEvalScorer.from_pretrained(p, device="cpu") for k, p in checkpoints.items()}, images,
-                       args.repeats)
+        speed = _speed(_trained_scorers(checkpoints), images, args.repeats)
         mid = _speed(_mid_scorers(list(checkpoints), task.face_root), images[:16], args.repeats)
+    if UNMERGED in speed:
+        rows.append({"option": UNMERGED, "seed": ""})
     for r in rows:
         if r["option"] in speed:
             r["img_per_s"] = round(speed[r["option"]], 2)

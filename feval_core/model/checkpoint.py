@@ -285,8 +285,11 @@ class TrainedWeights:
 
     @staticmethod
     def save(model: Any, out: Path) -> None:
-        """Write a trained model's heads, experts and (when trained) vision projector into ``out``."""
+        """Write a trained model's heads, experts and (when trained) vision projector into ``out``; refused for a
+        model whose vision expert was merged into the tower for scoring (its LoRA weights are gone)."""
         from safetensors.torch import save_file
+
+        model.check_unmerged("save it as a checkpoint")
 
         from .experts import save_experts
 

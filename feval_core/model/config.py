@@ -7,9 +7,9 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from ..dimensions import DIMENSIONS
@@ -218,17 +218,17 @@ def read_json_config(cls: type[C], source: str | Path | Mapping[str, Any], *, wh
         data = {k: v for k, v in data.items() if k in fields}
     elif unknown:
         raise ConfigError(f"{where}: unknown keys {unknown}; {unknown_hint or f'valid keys are {sorted(fields)}'}")
-    missing = [k for k, f in fields.items() if k not in data and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{where}: missing required keys {missing}")
-    for name, value in data.items():
-        f = fields[name]
+    absent = [k for k, f in fields.items() if k not in data and f.default is dataclasses.MISSING
+              and f.default_factory is dataclasses.MISSING]
+    if absent:
+        raise ConfigError(f"{where}: missing required keys {absent}")
+    for key, value in data.items():  # (not ``name``/``missing``: those are the arguments above)
+        f = fields[key]
         nested = f.default_factory
         if isinstance(value, Mapping) and isinstance(nested, type) and dataclasses.is_dataclass(nested):
-            data[name] = read_json_config(nested, value, what=f"{where}: {name}")
+            data[key] = read_json_config(nested, value, what=f"{where}: {key}")
         elif isinstance(value, list) and str(f.type).startswith("tuple"):
-            data[name] = tuple(value)
+            data[key] = tuple(value)
     try:
         return cls(**data)
     except ConfigError as exc:

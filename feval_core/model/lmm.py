@@ -28,7 +28,7 @@ from .experts import attach_experts, contiguous_ranges, expert_ranges, lora_line
 from .heads import FEvalHeads
 from .rows import FEvalBatch, FEvalOutput, Row, build_row_text, face_tensor
 from .shared_vision import SharedVision
-from .vision import vision_projector
+from .vision import merge_vision_expert, mergeable_expert, vision_projector
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class FEvalModel(SharedVision, nn.Module):
         self.stats: PassStats | None = None  # set to a PassStats to count the fast path's work
         self.vision_experts = config.vision_experts if self.trained else "none"
         self._lora_layers: list[nn.Module] | None | bool = False  # False: not looked up yet
+        self.vision_merged = False  # the shared vision expert is merged into the tower (scoring only)
         self.rows_by_expert = True  # fast path: each expert on its contiguous rows (False: PEFT's per-row indexing)
 
     # -- construction -------------------------------------------------------------------------
@@ -70,12 +71,15 @@ class FEvalModel(SharedVision, nn.Module):
         attn_implementation: str | None = "sdpa",
         hub_kwargs: dict[str, Any] | None = None,
         vision_projector_state: dict[str, torch.Tensor] | None = None,
+        merge_vision: bool = False,
     ) -> FEvalModel:
         """Load the backbone named by ``config`` and attach experts/heads.
 
         ``adapters_dir`` loads saved experts; without it, trained mode makes fresh ones
         (zero-initialised LoRA B as usual, or random with ``random_adapters`` for tiny test models).
         ``vision_projector_state`` replaces the backbone's vision projector (a checkpoint that trained it).
+        ``merge_vision``: merge a shared vision expert into the tower (:meth:`merge_vision_expert`), as the
+        scorers' ``from_pretrained`` do; training and resuming keep it unmerged (the default here).
         """
         hub_kwargs = dict(hub_kwargs or {})
         source = resolve_base(config.base_model, base_dir)
@@ -84,7 +88,7 @@ class FEvalModel(SharedVision, nn.Module):
                                  trust_remote_code=config.trust_remote_code, **hub_kwargs)
         return cls.from_parts(backbone, processor, config, device=device, heads_state=heads_state,
                               adapters_dir=adapters_dir, random_adapters=random_adapters,
-                              vision_projector_state=vision_projector_state)
+                              vision_projector_state=vision_projector_state, merge_vision=merge_vision)
 
     @classmethod
     def from_parts(
@@ -98,6 +102,7 @@ class FEvalModel(SharedVision, nn.Module):
         adapters_dir: Path | None = None,
         random_adapters: bool = False,
         vision_projector_state: dict[str, torch.Tensor] | None = None,
+        merge_vision: bool = False,
     ) -> FEvalModel:
         """Wrap an already loaded backbone and processor (e.g. built from a config in memory, as the
         benchmarks do) and attach experts/heads as :meth:`build` does."""
@@ -128,7 +133,10 @@ class FEvalModel(SharedVision, nn.Module):
             raise ConfigError(f"vision_experts={config.vision_experts!r} needs a backbone whose processor names its "
                               f"image token and that has get_image_features; {type(model.base_model).__name__} does "
                               "not: use vision_experts='none'")
-        return model.to(device)
+        model.to(device)
+        if merge_vision:
+            model.merge_vision_expert()
+        return model
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -144,6 +152,39 @@ class FEvalModel(SharedVision, nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.base_model.get_input_embeddings().weight.dtype
+
+    def merge_vision_expert(self) -> bool:
+        """Merge the shared vision expert into the vision tower's weights and drop its LoRA layers, so that the
+        tower runs as a plain tower (scoring only); returns whether it merged. The LLM's experts stay as they are
+        (one per dimension, chosen per row). Per-dimension vision experts cannot be merged (each dimension's rows
+        need the tower with their own expert): they, and a model without vision experts, are left as they are.
+
+        Scores equal the unmerged model's up to float rounding, and gradients still reach the pixels (the
+        differentiable reward); but the expert's own weights are gone: a merged model cannot be trained or
+        saved (load with ``merge_vision=False`` for that). A vision expert that shares layers with the LLM's
+        experts is left unmerged, with a warning.
+        """
+        name = mergeable_expert(self.vision_experts, self.config.dims) if self.trained else None
+        if name is None or self.vision_merged:
+            return False
+        try:
+            count = merge_vision_expert(self.backbone, name)
+        except ConfigError as exc:
+            logger.warning("scoring with the vision expert unmerged: %s", exc)
+            return False
+        self.vision_merged = True
+        self._lora_layers = False  # look the LLM's expert layers up again
+        self.__dict__.pop("_vision_lora", None)
+        logger.info("merged the vision expert %r into %d vision-tower layers", name, count)
+        return True
+
+    def check_unmerged(self, action: str) -> None:
+        """Refuse ``action`` (training, saving) on a model whose vision expert is merged into the tower."""
+        if self.vision_merged:
+            raise ConfigError(f"cannot {action}: this model's vision expert is merged into the vision tower (the "
+                              "default when a checkpoint is loaded for scoring), so its LoRA weights are gone. Load "
+                              "the checkpoint with merge_vision=False (FEvalScorer.from_pretrained(..., "
+                              f"merge_vision=False), VideoScorer.from_pretrained(..., merge_vision=False)) to {action}")
 
     def cast_experts(self, dtype: torch.dtype) -> None:
         """Keep the LoRA experts in ``dtype`` (for inference in bf16/fp16: PEFT stores them in fp32 and then
@@ -162,6 +203,7 @@ class FEvalModel(SharedVision, nn.Module):
         config says so, the vision projector; turns their gradients on."""
         if self.heads is None:
             return
+        self.check_unmerged("train it")
         for name, p in self.heads.named_parameters():
             p.requires_grad_(True)
             yield f"heads.{name}", p

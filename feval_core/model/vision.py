@@ -11,7 +11,9 @@ the LLM. Here the projector is the backbone's own (Qwen2-VL/2.5-VL ``visual.merg
 
 PEFT's per-row ``adapter_names`` cannot select experts inside the tower (it sees one flat patch sequence), so the
 tower always runs on its own, one expert at a time (:func:`vision_expert`), and its features are handed to the
-LLM pass (``mm_encoder_outputs``).
+LLM pass (``mm_encoder_outputs``). For scoring, a shared expert is merged into the tower's weights
+(:func:`merge_vision_expert`): the tower then runs as a plain one, with no LoRA branch in its linears.
+Per-dimension experts cannot be merged: each dimension's rows need the tower with their own expert.
 """
 
 from __future__ import annotations
@@ -80,3 +82,37 @@ def vision_expert(layers: Sequence[nn.Module], name: str | None) -> Iterator[Non
         return
     with expert_ranges(layers, [(name, 0, sys.maxsize)]):
         yield
+
+
+def mergeable_expert(mode: str, dims: Sequence[str]) -> str | None:
+    """The one vision expert every row uses (``shared``, or ``per_dimension`` with a single dimension, as in the
+    video model), which can be merged into the tower's weights; None when there is none or one per dimension."""
+    names = vision_expert_names(mode, dims)
+    return names[0] if len(names) == 1 else None
+
+
+def merge_vision_expert(backbone: nn.Module, name: str) -> int:
+    """Merge LoRA expert ``name`` into the vision tower's weights (PEFT's merge, that adapter only) and put each
+    layer's plain base layer back in place of its LoRA wrapper, so the tower runs as a plain one; the LLM's
+    experts are left as they are. Returns how many layers were merged.
+
+    Refused (:class:`ConfigError`, nothing changed) when a layer holding ``name`` holds other experts too or sits
+    outside the vision tower: merging it would change what those experts compute. An expert with non-finite
+    weights raises PEFT's error (the model is then unusable: load it again).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = [(n, m) for n, m in backbone.named_modules() if isinstance(m, LoraLayer) and name in m.lora_A]
+    if not layers:
+        raise ConfigError(f"no layer holds the vision expert {name!r}; load the checkpoint with merge_vision=False")
+    mixed = [n for n, m in layers if set(m.lora_A) != {name} or not is_vision_module(n)]
+    if mixed:
+        raise ConfigError(f"the vision expert {name!r} shares layers with other experts ({mixed[0]}, ...): it cannot "
+                          "be merged alone; keep it unmerged (merge_vision=False), or train with "
+                          "vision_lora_target_modules and lora_target_modules matching different layers")
+    for path, module in layers:
+        module.merge(safe_merge=True, adapter_names=[name])  # safe: refuses NaNs before touching the weights
+        parent, _, child = path.rpartition(".")
+        setattr(backbone.get_submodule(parent), child, module.get_base_layer())
+    getattr(backbone, "peft_config", {}).pop(name, None)
+    return len(layers)

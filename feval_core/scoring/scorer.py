@@ -106,12 +106,16 @@ class FEvalScorer:
         trust_remote_code: bool = False,
         attn_implementation: str | None = "sdpa",
         face_device: str | torch.device | None = None,
+        merge_vision: bool = True,
         **hub_kwargs: Any,
     ) -> FEvalScorer:
         """Load a feval checkpoint (folder or hub id) or, given a plain VLM, its zero-shot scorer.
 
         ``face_device`` runs face detection elsewhere than the model (default: ``device``), e.g. on the GPU
-        while the model waits on the CPU until a host such as ComfyUI moves it.
+        while the model waits on the CPU until a host such as ComfyUI moves it. ``merge_vision`` (default):
+        a shared vision expert is merged into the vision tower, which then runs as a plain tower
+        (:meth:`~feval_core.model.lmm.FEvalModel.merge_vision_expert`); pass False to train, resume or save the
+        loaded model, or to compare with the unmerged expert. Per-dimension vision experts are never merged.
         """
         device = str(device or default_device())
         dtype = dtype or default_dtype(device)
@@ -121,7 +125,8 @@ class FEvalScorer:
         weights = TrainedWeights.load(folder, config) if folder is not None else TrainedWeights()
         model = FEvalModel.build(config, base_dir=folder, device=device, dtype=dtype, heads_state=weights.heads,
                                  adapters_dir=weights.adapters, attn_implementation=attn_implementation,
-                                 hub_kwargs=hub_kwargs, vision_projector_state=weights.vision_projector)
+                                 hub_kwargs=hub_kwargs, vision_projector_state=weights.vision_projector,
+                                 merge_vision=merge_vision)
         if dtype in (torch.bfloat16, torch.float16):
             model.cast_experts(dtype)  # scoring only: experts in the model's precision, no fp32 round trips
         faces = _load_face_encoder(config, folder, str(face_device or device), face_root)
@@ -148,6 +153,7 @@ class FEvalScorer:
         A backbone or face pack that lives inside the source checkpoint is copied along, so the
         saved folder is self-contained.
         """
+        self.model.check_unmerged("save it as a checkpoint")  # before anything is written
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         cfg = FEvalConfig(**{**self.config.to_dict(), "face": dict(vars(self.config.face))})

@@ -64,12 +64,14 @@ def build_video_model(config: FEvalConfig, vconfig: VideoConfig, temporal: Tempo
                       portrait: PortraitEncoder | None, *, base_dir: Path | None = None, device: Any = "cpu",
                       dtype: torch.dtype = torch.float32, weights: TrainedWeights | None = None,
                       video_state: dict[str, torch.Tensor] | None = None, random_adapters: bool = False,
-                      hub_kwargs: dict[str, Any] | None = None) -> VideoLMM:
-    """The LMM (loaded as the image model is) with the video projectors sized by the encoders."""
+                      hub_kwargs: dict[str, Any] | None = None, merge_vision: bool = False) -> VideoLMM:
+    """The LMM (loaded as the image model is) with the video projectors sized by the encoders; ``merge_vision``
+    merges its vision expert into the tower (scoring only, see :meth:`FEvalModel.merge_vision_expert`)."""
     weights = weights or TrainedWeights()
     model = VideoLMM.build(config, base_dir=base_dir, device=device, dtype=dtype, heads_state=weights.heads,
                            adapters_dir=weights.adapters, random_adapters=random_adapters,
-                           vision_projector_state=weights.vision_projector, hub_kwargs=hub_kwargs or {})
+                           vision_projector_state=weights.vision_projector, hub_kwargs=hub_kwargs or {},
+                           merge_vision=merge_vision)
     slots = temporal.slots if temporal is not None else 1
     tdim = temporal.hidden_size if temporal is not None else 1
     pdim = portrait.feature_dim if portrait is not None else 1
@@ -112,10 +114,12 @@ def _check_kind(folder: Path, name: str) -> None:
 
 
 def load_video_checkpoint(folder: str | Path, *, device: str | torch.device = "cpu",
-                          dtype: torch.dtype = torch.float32, face_encoder: Any = None,
+                          dtype: torch.dtype = torch.float32, face_encoder: Any = None, merge_vision: bool = False,
                           **hub_kwargs: Any) -> VideoParts:
     """Load a video checkpoint (a folder or a hub id, see :func:`resolve_video_checkpoint`); the encoders it
-    names are read from inside it when shipped there, else loaded by hub id."""
+    names are read from inside it when shipped there, else loaded by hub id. ``merge_vision``: merge the vision
+    expert into the tower, for scoring (:class:`~feval_core.video.scorer.VideoScorer` does); the default keeps it
+    unmerged, so that the loaded model can be trained and saved."""
     folder = resolve_video_checkpoint(folder, **hub_kwargs)
     config, vconfig = FEvalConfig.load(folder), VideoConfig.load(folder)
     from safetensors.torch import load_file
@@ -125,7 +129,8 @@ def load_video_checkpoint(folder: str | Path, *, device: str | torch.device = "c
     temporal, portrait = load_encoders(vconfig, folder, device, **hub_kwargs)
     model = build_video_model(config, vconfig, temporal, portrait, base_dir=folder, device=device, dtype=dtype,
                               weights=TrainedWeights.load(folder, config),
-                              video_state=load_file(str(folder / VIDEO_PROJECTORS_NAME)), hub_kwargs=hub_kwargs)
+                              video_state=load_file(str(folder / VIDEO_PROJECTORS_NAME)), hub_kwargs=hub_kwargs,
+                              merge_vision=merge_vision)
     return VideoParts(model, FeatureExtractor(vconfig, temporal, portrait, face_encoder), folder)
 
 
@@ -133,6 +138,7 @@ def save_video_checkpoint(model: VideoLMM, out: str | Path, *, source: Path | No
     """Write the checkpoint; folders (backbone, encoders, face pack) inside ``source`` are copied along."""
     from safetensors.torch import save_file
 
+    model.check_unmerged("save it as a checkpoint")  # before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg, vcfg = model.config, model.vconfig

@@ -11,8 +11,8 @@ Preprocessing is torch-only (resize, centre crop, normalise with the model's ``p
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..model.checkpoint import check_checkpoint_tree
+from ..model.config import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,23 @@ def _norm_stats(source: str, hub_kwargs: dict[str, Any]) -> tuple[torch.Tensor, 
         except (OSError, ValueError) as exc:  # no such file (or offline and not cached): the ImageNet statistics
             logger.info("%s: no preprocessor_config.json (%s); normalising with ImageNet statistics", source, exc)
     if path.is_file():
-        data = json.loads(path.read_text(encoding="utf-8"))
-        mean, std = data.get("image_mean", mean), data.get("image_std", std)
+        data = read_json_object(path, "a preprocessor config")  # size-limited plain JSON, as every config
+        mean = _channel_stats(data.get("image_mean", mean), path, "image_mean")
+        std = _channel_stats(data.get("image_std", std), path, "image_std")
+        if min(std) <= 0:
+            raise ConfigError(f"{path}: image_std must be positive, got {std}; fix the model's preprocessor config "
+                              "or delete it to normalise with the ImageNet statistics")
     return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+
+def _channel_stats(value: Any, path: Path, key: str) -> list[float]:
+    """One number per RGB channel (a single number applies to all three), or a ConfigError naming the file."""
+    values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if (not isinstance(values, (list, tuple)) or len(values) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+        raise ConfigError(f"{path}: {key} must be three numbers (one per RGB channel), got {value!r}; fix the "
+                          "model's preprocessor config or delete it to normalise with the ImageNet statistics")
+    return [float(v) for v in values]
 
 
 def _load(auto: Any, source: str, what: str, hub_kwargs: dict[str, Any]) -> nn.Module:

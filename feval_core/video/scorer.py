@@ -39,10 +39,11 @@ class VideoScorer:
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, *, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, face_root: str | Path | None = None,
-                        workers: int | None = None, **hub_kwargs: Any) -> VideoScorer:
+                        workers: int | None = None, merge_vision: bool = True, **hub_kwargs: Any) -> VideoScorer:
         """Load a video checkpoint: a folder, or a hub id ``org/name`` (``snapshot_download`` of its files; with
         ``HF_HUB_OFFLINE=1`` from the cache only; ``cache_dir`` etc. in ``hub_kwargs``). Remote code is never
-        run. An image checkpoint is refused with what to use instead."""
+        run. An image checkpoint is refused with what to use instead. ``merge_vision`` (default): the vision
+        expert is merged into the tower, which runs as a plain tower; False keeps it as a LoRA branch."""
         from ..model.config import FEvalConfig
         from ..scoring.scorer import _load_face_encoder
         from .config import VideoConfig
@@ -51,7 +52,8 @@ class VideoScorer:
         face = None
         if VideoConfig.load(folder).uses("face"):
             face = _load_face_encoder(FEvalConfig.load(folder), folder, str(device), face_root)
-        parts = load_video_checkpoint(folder, device=device, dtype=dtype, face_encoder=face, **hub_kwargs)
+        parts = load_video_checkpoint(folder, device=device, dtype=dtype, face_encoder=face, merge_vision=merge_vision,
+                                      **hub_kwargs)
         return cls(parts, workers=workers)
 
     @property
