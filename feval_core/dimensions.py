@@ -56,9 +56,10 @@ IMAGE_ERROR = "image unreadable"  # the image itself could not be read (see the 
 PREFILTERED = "skipped by the pre-filter"  # the landmark pre-filter scored the face under the caller's threshold
 MISSING_REASONS: tuple[str, ...] = (NOT_ASKED, NO_PROMPT, NO_REFERENCE, REFERENCE_UNUSABLE, NO_FACE_IN_REFERENCE,
                                     NO_FACE, NO_FACE_MODEL, LQ_UNUSABLE, IMAGE_ERROR, PREFILTERED)
-FAILED: frozenset[str] = frozenset({NO_FACE})
+FAILED: frozenset[str] = frozenset({NO_FACE, PREFILTERED})
 """Reasons that are the generated image's failure, not a missing input: such a dimension scores 0 in rewards, totals,
-filters and picks (:func:`feval_core.scoring.result.judged_scores`), never left out of the mean."""
+filters and picks (:func:`feval_core.scoring.result.judged_scores`), never left out of the mean. A face the
+pre-filter skipped failed the caller's own quick check, so it is never kept or picked over a judged face."""
 
 
 def parse_dims(dims: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:

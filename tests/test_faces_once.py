@@ -180,6 +180,9 @@ def test_prefilter_in_the_api_equals_the_cli(scorer, prefilter_dir, images, tiny
         elif rec["error"] is None:  # faceless images are never skipped
             assert rec["quality"] is not None
     assert res.errors[-1] is not None and res.prefilter[-1] is None and res.prefilter[-2] is None
+    totals = res.judged({"quality": 1.0, "authenticity": 1.0}).tolist()
+    assert all(totals[i] == 0.0 for i in skipped)  # skipped by the caller's quick check: never kept or picked
+    assert all(totals[i] > 0.0 for i, rec in enumerate(res.to_records()) if i not in skipped and rec["faces"])
     out = tmp_path / "cli.jsonl"
     assert main(["score", str(images), "--model", str(tiny_ckpt), "--face-root", str(pack_root), "--dims",
                  "quality,authenticity", "--prefilter-model", str(prefilter_dir), "--prefilter", repr(t),

@@ -214,3 +214,23 @@ def test_feature_cache_skips_decoding_and_misses_on_change(ckpt, clips, tmp_path
     assert decoded == [sources[0].name]
     assert FeatureCache.for_run(tmp_path, other, None).key(sources[1]) != again.key(sources[1])
     assert again.key(VideoSource("array", np.zeros((4, 8, 8, 3), np.uint8), "<0>")) is None
+
+
+def test_a_garbled_cache_entry_is_recomputed(ckpt, clips, tmp_path) -> None:
+    """A cache file whose safetensors header is garbage (safetensors raises its own error type, not OSError) is a
+    miss with a warning, not a crash."""
+    from feval_core.video.checkpoint import load_encoders
+    from feval_core.video.features import FeatureExtractor
+
+    _, rows = clips
+    sources = [s for s, _ in _pairs(rows, "train")][:1]
+    vcfg = _config(ckpt).video_config()
+    extractor = FeatureExtractor(vcfg, *load_encoders(vcfg, None))
+    cache = FeatureCache.for_run(tmp_path, vcfg, None)
+    video_train.extract(extractor, sources, cache=cache)
+    entry = cache.path(cache.key(sources[0]))
+    entry.write_bytes((64).to_bytes(8, "little") + b"{not json" + b" " * 55 + b"x" * 100)
+    again = FeatureCache.for_run(tmp_path, vcfg, None)
+    assert again.get(sources[0]) is None and again.hits == 0
+    feats, errors = video_train.extract(extractor, sources, cache=again)
+    assert not errors and feats[0] is not None

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from ..model.config import FaceEncoderConfig, read_json_config, write_json_config
+from ..model.config import PICKLE_SUFFIXES, FaceEncoderConfig, read_json_config, write_json_config
 from .landmarks import DetectedFaces, detect_faces, feature_names, find_landmark_model
 
 logger = logging.getLogger(__name__)
 
 PREFILTER_CONFIG_NAME = "prefilter_config.json"
 FOREST_NAME = "forest.onnx"
-REFUSED_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".npy", ".npz", ".sav", ".dill")
+REFUSED_SUFFIXES = PICKLE_SUFFIXES
 PREFILTER_VERSION = 1
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from .config import PICKLE_SUFFIXES
 from .tokens import FACE_TOKEN, escape_special, rating_token_ids
 
 __all__ = ["FACE_TOKEN", "add_face_token", "escape_special", "image_token_ids", "load_backbone", "load_processor",
@@ -59,7 +60,7 @@ def _check_no_pickles(folder: Path) -> None:
     """Refuse folders whose weights are only available as pickles."""
     if not folder.is_dir():
         return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"})
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     has_st = any(p.suffix == ".safetensors" for p in folder.iterdir())
     if pickles and not has_st:
         raise CheckpointError(

@@ -17,13 +17,13 @@ from .config import (
     PROJECTORS_NAME,
     VIDEO_CONFIG_NAME,
     VISION_PROJECTOR_NAME,
+    PICKLE_SUFFIXES,
     FEvalConfig,
     read_json_object,
 )
 
 logger = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib"})
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 REFUSED_ADAPTER_KEYS: dict[str, str] = {

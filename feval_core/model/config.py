@@ -23,6 +23,9 @@ CONFIG_NAME = "feval_config.json"
 PROJECTORS_NAME = "projectors.safetensors"
 VISION_PROJECTOR_NAME = "vision_projector.safetensors"
 ADAPTERS_DIR = "adapters"
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib", ".sav",
+                             ".dill"})
+"""Suffixes of pickle-based files: feval never unpickles them (one list for every loader that refuses them)."""
 VIDEO_CONFIG_NAME = "video_config.json"
 """Beside ``feval_config.json``, makes a checkpoint a face-video model (read by :mod:`feval_core.video.config`)."""
 FORMAT_VERSION = 1

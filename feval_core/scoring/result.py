@@ -4,7 +4,8 @@ the one rule that turns scores into a total (rewards, filters and picks all use 
 * a dimension the **caller** could not ask for (no prompt, no reference, an unreadable reference, weight 0) is left
   out of the image's weighted mean, never counted as 0;
 * a dimension the **image failed** (:data:`~feval_core.dimensions.FAILED`: a usable reference was given and the
-  image has no face) scores :data:`SCORE_FLOOR` (0), so losing the face never pays;
+  image has no face; or the landmark pre-filter skipped the face) scores :data:`SCORE_FLOOR` (0), so losing the face
+  never pays;
 * an image with **no face at all** gets :data:`SCORE_FLOOR` as its total unless the caller says faces are optional
   (``faces_required=False``); without a face model (face count unknown) nothing is assumed.
 """

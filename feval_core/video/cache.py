@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from .config import VideoConfig
 from .model import VideoFeatures
@@ -89,7 +90,7 @@ class FeatureCache:
             return None
         try:
             feats = read_features(self.path(key), source.name)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, KeyError, json.JSONDecodeError, SafetensorError) as exc:
             logger.warning("feature cache: %s is unreadable (%s); computing the clip again", self.path(key), exc)
             return None
         self.hits += 1
