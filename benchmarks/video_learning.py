@@ -8,7 +8,7 @@ Clips of a tiny-pack face drifting right get at most one temporal fault (flicker
 and one per-frame fault (blur, noise), each of random severity; MOS = 90 - 40 x (sum of severities) + noise
 (:func:`feval_core.testing.video.synthetic_clip`). "temporal subset" = held-out clips without a per-frame fault.
 
-    python benchmarks/video_learning.py --train 480 --val 300 --epochs 10
+    python benchmarks/video_learning.py --train 480 --val 300 --epochs 20
     python benchmarks/video_learning.py --seeds 0,1,2,3 --runs full --no-probes --set '{"lr": 1e-3}'
 """
 
@@ -33,7 +33,7 @@ def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=int, default=480)
     ap.add_argument("--val", type=int, default=300)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds (the data is fixed)")
     ap.add_argument("--runs", default="full,no_temporal", help=f"comma-separated, of {sorted(RUNS)}")
     ap.add_argument("--no-probes", action="store_true", help="skip the ridge probes")
