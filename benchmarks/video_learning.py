@@ -48,8 +48,8 @@ def main() -> None:
     import torch
 
     from feval_core.evaluate.metrics import srcc
-    from feval_core.testing.video import (prepare_video_learning_parts, synthetic_video_set, temporal_only,
-                                          video_learning_config)
+    from feval_core.testing.video import (FRAME_FAULTS, TEMPORAL_FAULTS, prepare_video_learning_parts,
+                                          synthetic_video_set, temporal_only, video_learning_config)
     from feval_core.video.sources import VideoSource
     from feval_core.video.train import train_video
 
@@ -61,6 +61,8 @@ def main() -> None:
         data = synthetic_video_set(n + args.val, seed=1)
         mos = np.asarray([m for _, m, _ in data])
         mask = np.asarray([temporal_only(f) for _, _, f in data[n:]])
+        # per fault: held-out clips with that fault alone or none (ranks its severity against clean clips)
+        alone = {k: np.asarray([set(f) <= {k} for _, _, f in data[n:]]) for k in TEMPORAL_FAULTS + FRAME_FAULTS}
         pairs = [(VideoSource("array", f, f"<{i}>", 8.0), m) for i, (f, m, _) in enumerate(data)]
         print(f"{args.train} train / {args.val} held-out clips ({mask.sum()} temporal-only), {args.epochs} epochs, "
               f"seeds {seeds}, overrides {args.set}")
@@ -77,6 +79,8 @@ def main() -> None:
                 table[run].append((a, b))
                 print(f"{f'trained: {run}, seed {seed}':<44} {a:>9.3f} {b:>16.3f} {time.time() - t0:>8.0f}",
                       flush=True)
+                print("    per fault (alone or clean, n): " + ", ".join(
+                    f"{k} {srcc(pred[m], mos[n:][m]):.3f} ({m.sum()})" for k, m in alone.items()), flush=True)
                 if run == "full":
                     last = (cfg, res.extractor)
         for run, vals in table.items():
