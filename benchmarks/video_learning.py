@@ -37,6 +37,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds (the data is fixed)")
     ap.add_argument("--runs", default="full,no_temporal", help=f"comma-separated, of {sorted(RUNS)}")
     ap.add_argument("--no-probes", action="store_true", help="skip the ridge probes")
+    ap.add_argument("--nuisance", action="store_true", help="clips with random speed, start, exposure and flicker "
+                                                           "phase (temporal faults not visible in one frame)")
     ap.add_argument("--set", default="{}", help='JSON of VideoTrainConfig overrides, e.g. \'{"schedule": '
                                                  '"regression"}\' (default: the defaults)')
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny model)")
@@ -58,7 +60,7 @@ def main() -> None:
     n, seeds, runs = args.train, [int(s) for s in args.seeds.split(",")], args.runs.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         root = prepare_video_learning_parts(tmp)
-        data = synthetic_video_set(n + args.val, seed=1)
+        data = synthetic_video_set(n + args.val, seed=1, nuisance=args.nuisance)
         mos = np.asarray([m for _, m, _ in data])
         mask = np.asarray([temporal_only(f) for _, _, f in data[n:]])
         # per fault: held-out clips with that fault alone or none (ranks its severity against clean clips)

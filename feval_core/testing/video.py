@@ -128,9 +128,14 @@ FRAME_FAULTS = ("blur", "noise")
 
 
 def synthetic_clip(rng: np.random.Generator, *, n: int = 8, size: int = 128, identities: int = 4,
-                   temporal_prob: float = 0.7, frame_prob: float = 0.5) -> tuple[np.ndarray, float, dict[str, float]]:
+                   temporal_prob: float = 0.7, frame_prob: float = 0.5, nuisance: bool = False
+                   ) -> tuple[np.ndarray, float, dict[str, float]]:
     """One clip of a face drifting right, with at most one temporal fault (flicker, jitter, dropped or repeated
     frames) and one per-frame fault (blur, noise), each of random severity; MOS falls with both.
+
+    ``nuisance``: every clip also gets a random speed, start position, exposure and flicker phase that do not change
+    its MOS, so that a single frame's brightness or position says nothing about a temporal fault: only changes
+    between frames do.
 
     Returns ``(frames [n, size, size, 3] uint8, mos, {fault: severity})``.
     """
@@ -141,16 +146,21 @@ def synthetic_clip(rng: np.random.Generator, *, n: int = 8, size: int = 128, ide
         faults[TEMPORAL_FAULTS[rng.integers(len(TEMPORAL_FAULTS))]] = float(rng.uniform(0.2, 1.0))
     if rng.random() < frame_prob:
         faults[FRAME_FAULTS[rng.integers(len(FRAME_FAULTS))]] = float(rng.uniform(0.2, 1.0))
-    step = 3.0
+    step, start, exposure, phase = 3.0, 0, 0.0, 0
+    if nuisance:
+        step, start = float(rng.uniform(1.5, 4.5)), int(rng.integers(0, 32))
+        exposure, phase = float(rng.uniform(-35.0, 35.0)), int(rng.integers(2))
     times = np.arange(2 * n, dtype=np.float64)
     if "drop" in faults:  # frames missing: the motion jumps
         times = np.cumsum(np.where(rng.random(2 * n) < faults["drop"], 3.0, 1.0)) - 1
     if "repeat" in faults:  # frames repeated: the motion stalls
         times = np.cumsum(np.where(rng.random(2 * n) < faults["repeat"], 0.0, 1.0))
+    times = times + start
     base = moving_face_frames(int(times[:n].max()) + 1, size, seed=int(rng.integers(identities)), step=step)
     frames = base[times[:n].astype(int)].astype(np.float32)
     if "flicker" in faults:
-        frames += (np.where(np.arange(n) % 2, 1.0, -1.0) * 50 * faults["flicker"])[:, None, None, None]
+        frames += (np.where((np.arange(n) + phase) % 2, 1.0, -1.0) * 50 * faults["flicker"])[:, None, None, None]
+    frames += exposure
     if "jitter" in faults:
         amp = int(round(2 + 8 * faults["jitter"]))
         for t in range(n):
