@@ -15,7 +15,7 @@ from .._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "FaceEncoder": "encoder", "FaceInfo": "encoder", "select_providers": "encoder", "DEFAULT_FACE_PACK": "encoder",
-    "DEFAULT_FACE_ROOT": "encoder", "FACE_ROOT_ENV": "encoder", "CROP_SIZE": "encoder",
+    "DEFAULT_FACE_ROOT": "encoder", "FACE_ROOT_ENV": "encoder", "CROP_SIZE": "encoder", "get_face_encoder": "registry",
     "arcface_identity_score": "identity", "cosine": "identity",
     "identity_blocker": "identity", "zero_shot_identity": "identity",
     "aligned_face_crops": "align", "similarity_transform": "align", "ARCFACE_TEMPLATE": "align",
