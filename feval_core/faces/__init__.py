@@ -1,6 +1,7 @@
 """Faces: detection and ArcFace embeddings (insightface packs), the identity rule, differentiable alignment.
 
 * :mod:`.encoder` — :class:`FaceEncoder` (an insightface pack, never downloaded) -> :class:`FaceInfo`;
+* :mod:`.registry` — :func:`get_face_encoder`: one shared ``FaceEncoder`` per pack and settings in a process;
 * :mod:`.landmark_model` — a pack's 106-point landmark model (``2d106det.onnx``), found by its shapes;
 * :mod:`.identity` — the one rule for identity: NaN, with a reason, when the image or the reference has no
   face; the zero-shot ArcFace score ``100 * max(cos, 0)``;
