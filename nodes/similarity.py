@@ -13,6 +13,7 @@ from comfy_api.latest import io, ui
 
 from feval_core import DIMENSIONS
 from feval_core.faces.encoder import FaceEncoder
+from feval_core.faces.registry import get_face_encoder
 from feval_core.dimensions import NOT_ASKED
 from feval_core.faces.identity import (
     NO_FACE_IN_IMAGE,
@@ -37,11 +38,12 @@ METHOD = "ArcFace identity similarity (identity = 100 x max(cosine, 0))"
 
 @functools.lru_cache(maxsize=2)
 def _face_encoder(pack: str, root: str, device: str) -> FaceEncoder:
-    return FaceEncoder(pack, root=root, device=device)
+    return get_face_encoder(pack, root=root, device=device)
 
 
 def load_face_encoder(pack: str, device: str) -> FaceEncoder:
-    """The insightface pack ``pack`` from models/insightface (the last two stay loaded)."""
+    """The insightface pack ``pack`` from models/insightface (the last two stay loaded; the same loaded pack as the
+    other nodes' when they use it with the same settings)."""
     root = paths.require_face_pack(pack)
     return _face_encoder(pack, str(root), str(placement(device)[0]))
 

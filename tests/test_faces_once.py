@@ -79,12 +79,12 @@ def test_fiqa_scores_from_fevals_faces_with_one_detection_per_image(scorer, tiny
     fiqa = FIQAScorer.from_pretrained(tiny_fiqa, device="cpu")
     paths = _paths(images)
     alone = fiqa.score(paths)  # detects itself
-    before = (scorer.face_encoder.detections, fiqa.face_encoder.detections)
+    assert fiqa.face_encoder is scorer.face_encoder  # the same pack and settings: loaded once (faces/registry.py)
+    before = detections(scorer, fiqa)
     res = scorer.score(paths, dims="quality", keep_faces=True)
     shared = fiqa.score(paths, faces=res.face_info)
     readable = len(paths) - 1
-    assert scorer.face_encoder.detections - before[0] == readable  # once per readable image
-    assert fiqa.face_encoder.detections == before[1]  # ViT-FIQA detected nothing
+    assert detections(scorer, fiqa) - before == readable  # once per readable image, ViT-FIQA detected nothing
     assert torch_equal(shared.utility, alone.utility) and torch_equal(shared.raw, alone.raw)
     assert shared.to_records() == alone.to_records()
     assert math.isnan(float(shared.utility[-2])) and shared.faces[-2] == 0  # none.png: NaN, not a guess
@@ -98,6 +98,11 @@ def test_fiqa_scores_from_fevals_faces_with_one_detection_per_image(scorer, tiny
         again = fiqa.score(paths, faces=infos)
     assert "detected them again" in caplog.text
     assert again.to_records() == alone.to_records()
+
+
+def detections(*users) -> int:
+    """Images detected by the users' face encoders, each encoder counted once (they may share one)."""
+    return sum(e.detections for e in {id(u.face_encoder): u.face_encoder for u in users}.values())
 
 
 def torch_equal(a, b) -> bool:
@@ -168,9 +173,9 @@ def test_prefilter_in_the_api_equals_the_cli(scorer, prefilter_dir, images, tiny
     paths = _paths(images)
     values = pf.score(paths).values
     t = float(np.median(values[np.isfinite(values)]))
-    before = pf.face_encoder.detections
+    before = detections(scorer, pf)
     res = scorer.score(paths, prefilter=pf, prefilter_threshold=t)
-    assert pf.face_encoder.detections == before  # faces come from the scorer (an unreadable image is not tried)
+    assert detections(scorer, pf) - before == len(paths) - 1  # the scorer's detections only (not the unreadable one)
     skipped = [i for i, v in enumerate(values) if v < t]
     assert 0 < len(skipped) < len(BOXES)
     for i, rec in enumerate(res.to_records()):
@@ -225,10 +230,9 @@ def test_reward_with_utility_detects_each_face_once(scorer, tiny_fiqa, faces) ->
     fiqa = FIQAScorer.from_pretrained(tiny_fiqa, device="cpu")
     batch = [Image.fromarray(faces[k]) for k in ("a", "b", "none", "a_moved")]
     alone = fiqa.score(batch)  # the detect-twice path's utility
-    before = (scorer.face_encoder.detections, fiqa.face_encoder.detections)
+    before = detections(scorer, fiqa)
     out = feval_reward(batch, weights={"quality": 1.0, "utility": 1.0}, scorer=scorer, fiqa=fiqa, return_dict=True)
-    assert scorer.face_encoder.detections - before[0] == len(batch)
-    assert fiqa.face_encoder.detections == before[1]
+    assert detections(scorer, fiqa) - before == len(batch)  # once each, whether or not the two share an encoder
     assert torch_equal(out["utility"], alone.utility)
     expected = out["result"].judged({"quality": 1.0}, utility=alone.utility, utility_weight=1.0, empty=0.0)
     assert torch.equal(out["reward"], expected)

@@ -203,6 +203,7 @@ class FaceEncoder:
         self._key = (str(self.pack_dir.resolve()), self.det_size, self.det_thresh)
         self.detections = 0  # images the detector ran on (analyze and detect), for tests and benchmarks
         self._landmarks: Any | None = None  # the pack's 106-point model, once enable_landmarks() found one
+        self._landmarks_lock = threading.Lock()
         logger.info("loaded insightface pack %s with %s (up to %d sessions, %s threads each)", self.pack_dir,
                     self.providers, self.sessions, self.threads or "default")
 
@@ -221,11 +222,17 @@ class FaceEncoder:
     def enable_landmarks(self) -> bool:
         """Have :meth:`analyze` add the main face's 106 landmarks from the pack's landmark model (``2d106det.onnx``
         in ``buffalo_l``). Returns False, changing nothing, when the pack has none."""
-        if self._landmarks is None:
-            from .landmark_model import find_landmark_model
+        with self._landmarks_lock:  # the registry shares encoders: two users may ask at once
+            if self._landmarks is None:
+                from .landmark_model import find_landmark_model
 
-            self._landmarks = find_landmark_model(self.pack_dir, self.providers)
+                self._landmarks = find_landmark_model(self.pack_dir, self.providers)
         return self._landmarks is not None
+
+    @property
+    def landmark_model(self) -> Any | None:
+        """The pack's 106-point model (insightface ``Landmark``) once :meth:`enable_landmarks` found one, else None."""
+        return self._landmarks
 
     def _counted(self) -> None:
         with self._pool:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError
 from ..model.config import PICKLE_SUFFIXES, FaceEncoderConfig, read_json_config, write_json_config
-from .landmarks import DetectedFaces, detect_faces, feature_names, find_landmark_model
+from .landmarks import DetectedFaces, detect_faces, feature_names
 
 logger = logging.getLogger(__name__)
 
@@ -152,16 +152,16 @@ class LandmarkPrefilter:
         onnx_bytes = (folder / FOREST_NAME).read_bytes()
         pf = cls(config, onnx_bytes)
         if load_faces:
-            from ..faces.encoder import FaceEncoder
+            from ..faces.registry import get_face_encoder
 
             face = config.face
             root = face_root
             if root is None and face.root:
                 root = face.root if Path(face.root).is_absolute() else folder / face.root
-            pf.face_encoder = FaceEncoder(face.pack, root=root, det_size=(face.det_size, face.det_size),
-                                          det_thresh=face.det_thresh)
+            pf.face_encoder = get_face_encoder(face.pack, root=root, det_size=(face.det_size, face.det_size),
+                                               det_thresh=face.det_thresh, landmarks=config.points == 106)
             if config.points == 106:
-                pf.landmark_model = find_landmark_model(pf.face_encoder.pack_dir)
+                pf.landmark_model = pf.face_encoder.landmark_model  # the shared encoder's, loaded once
                 if pf.landmark_model is None:
                     raise CheckpointError(f"pre-filter {folder} uses 106-point landmarks, but the face pack "
                                           f"{pf.face_encoder.pack_dir} has no 106-point landmark model")
@@ -274,15 +274,15 @@ def train_prefilter(labels: str | Path, out: str | Path, *, label_key: str = "mr
                     min_samples_leaf: int = 3, seed: int = 0) -> LandmarkPrefilter:
     """Train a pre-filter on the images of a labels file (JSON Lines ``{"image", <label_key>: number}``, e.g. from
     ``feval fiqa label`` or ``feval score --fiqa``) and write it to ``out``. Images without a face are left out."""
-    from ..faces.encoder import FaceEncoder
+    from ..faces.registry import get_face_encoder
     from ..inputs.images import load_image
     from .mrlabels import read_labels
 
     face = face or FaceEncoderConfig()
     table = read_labels(labels, label_key)
-    encoder = FaceEncoder(face.pack, root=face.root, det_size=(face.det_size, face.det_size),
-                          det_thresh=face.det_thresh)
-    landmark_model = find_landmark_model(encoder.pack_dir) if points == 106 else None
+    encoder = get_face_encoder(face.pack, root=face.root, det_size=(face.det_size, face.det_size),
+                               det_thresh=face.det_thresh, landmarks=points == 106)
+    landmark_model = encoder.landmark_model if points == 106 else None
     if points == 106 and landmark_model is None:
         raise ConfigError(f"--points 106 needs a 106-point landmark model in {encoder.pack_dir} (buffalo_l has "
                           "2d106det.onnx); use --points 5")

@@ -102,7 +102,7 @@ class FIQAScorer:
         ``face_root`` overrides the folder that holds ``models/<pack>`` (default: the config's ``face.root``,
         relative to the model folder, else ``$FEVAL_FACE_ROOT`` or ``~/.insightface``).
         """
-        from ..faces.encoder import FaceEncoder
+        from ..faces.registry import get_face_encoder
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         folder = Path(path).expanduser()
@@ -112,8 +112,8 @@ class FIQAScorer:
         if root is None and face.root:
             root = face.root if Path(face.root).is_absolute() else folder / face.root
         try:
-            encoder = FaceEncoder(face.pack, root=root, device=device, det_size=(face.det_size, face.det_size),
-                                  det_thresh=face.det_thresh)
+            encoder = get_face_encoder(face.pack, root=root, device=device, det_size=(face.det_size, face.det_size),
+                                       det_thresh=face.det_thresh)
         except FaceModelError as exc:
             raise FaceModelError(f"ViT-FIQA {folder} scores aligned faces and needs its face pack: {exc}") from exc
         if model.config.utility_quantiles is None:

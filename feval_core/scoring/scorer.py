@@ -343,15 +343,16 @@ class _Plan:
 
 
 def _load_face_encoder(config: FEvalConfig, folder: Path | None, device: str, face_root: str | Path | None) -> Any:
-    from ..faces.encoder import FaceEncoder
+    from ..faces.registry import get_face_encoder
 
     root: str | Path | None = face_root
     if root is None and config.face.root:
         r = Path(config.face.root)
         root = r if r.is_absolute() or folder is None else folder / r
     try:
-        return FaceEncoder(config.face.pack, root=root, device=device,
-                           det_size=(config.face.det_size, config.face.det_size), det_thresh=config.face.det_thresh)
+        return get_face_encoder(config.face.pack, root=root, device=device,  # shared with FIQA, pre-filter, nodes
+                                det_size=(config.face.det_size, config.face.det_size),
+                                det_thresh=config.face.det_thresh)
     except FaceModelError:
         if config.mode == "trained":
             raise
