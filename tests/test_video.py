@@ -306,7 +306,8 @@ def test_trained_video_checkpoint_reloads_to_the_same_scores(video_ckpt, tmp_pat
     assert len(res.history) == 4 and [h["stage"] for h in res.history] == [1, 1, 2, 2]
     assert (tmp_path / "run" / "vision_projector.safetensors").is_file()
     vision_b = [p for n, p in res.model.backbone.named_parameters() if "lora_B.vision." in n]
-    assert vision_b and any(float(p.detach().abs().max()) > 0 for p in vision_b)  # the tower's expert trained (B starts at 0)
+    # the tower's expert trained (its B matrices start at 0)
+    assert vision_b and any(float(p.detach().abs().max()) > 0 for p in vision_b)
     parts = load_video_checkpoint(tmp_path / "run")
     assert parts.model.config.score_mode == "regression" and parts.model.config.vision_projector == "trained"
     assert parts.model.vision_experts == "shared"
