@@ -214,6 +214,12 @@ def test_manifest_and_fvq_importer(tmp_path) -> None:
     with pytest.raises(ManifestError, match="2 bad rows"):
         read_video_manifest(tmp_path / "bad.jsonl")
     assert math.isfinite(back[0].mos)
+    bom = tmp_path / "bom.jsonl"  # saved by an editor that writes a byte-order mark
+    bom.write_bytes("\ufeff".encode() + (tmp_path / "m.jsonl").read_bytes())
+    assert len(read_video_manifest(bom)) == 40
+    from feval_core.video.manifest import manifest_kind
+
+    assert manifest_kind(bom) == "video"
 
 
 def test_video_reward_flow_grpo_shape(scorer) -> None:

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,27 @@ class ManifestRow:
     line: int = 0
 
 
+def json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any, str | None]]:
+    """``(line number, object, None)`` for each non-blank line of a JSON Lines file, or ``(n, None, why)`` for a line
+    that is not JSON: the one reader of image and video manifests and prompt files (a UTF-8 BOM is accepted)."""
+    with Path(path).open(encoding="utf-8-sig") as fh:
+        for lineno, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield lineno, json.loads(text), None
+            except json.JSONDecodeError as exc:
+                yield lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+
+
+def summarise_errors(header: str, errors: list[str]) -> str:
+    """One message for many bad lines: the header, the count and the first :data:`MAX_REPORTED_ERRORS`."""
+    shown = errors[:MAX_REPORTED_ERRORS]
+    more = len(errors) - len(shown)
+    tail = f"\n  ... and {more} more" if more else ""
+    return f"{header} ({len(errors)} problem{'s' * (len(errors) != 1)}):\n  " + "\n  ".join(shown) + tail
+
+
 def read_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> list[ManifestRow]:
     """Read and validate a manifest; every invalid line is reported in one :class:`ManifestError`.
 
@@ -58,27 +79,21 @@ def read_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
     rows: list[ManifestRow] = []
     errors: list[str] = []
     unknown_keys: set[str] = set()
-    with path.open(encoding="utf-8-sig") as fh:
-        for lineno, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
-                              "each line must hold one complete JSON object")
-                continue
-            row, problems = _row_from_obj(obj, base, lineno)
-            if isinstance(obj, dict):
-                unknown_keys.update(k for k in obj if k not in _KNOWN_KEYS)
-            if row is not None:
-                problems += row_problems(row, check_files=check_files)
-                rows.append(row)
-            errors += [f"{path}:{lineno}: {p}" for p in problems]
+    for lineno, obj, bad in json_lines(path):
+        if bad:
+            errors.append(f"{path}:{lineno}: {bad}; each line must hold one complete JSON object")
+            continue
+        row, problems = _row_from_obj(obj, base, lineno)
+        if isinstance(obj, dict):
+            unknown_keys.update(k for k in obj if k not in _KNOWN_KEYS)
+        if row is not None:
+            problems += row_problems(row, check_files=check_files)
+            rows.append(row)
+        errors += [f"{path}:{lineno}: {p}" for p in problems]
     if unknown_keys:
         logger.warning("%s: ignoring unknown keys %s (known: %s)", path, sorted(unknown_keys), sorted(_KNOWN_KEYS))
     if errors:
-        raise ManifestError(_summarise(f"manifest {path} has invalid rows", errors))
+        raise ManifestError(summarise_errors(f"manifest {path} has invalid rows", errors))
     if not rows:
         raise ManifestError(
             f"manifest {path} has no rows; write one JSON object per line, e.g. "
@@ -114,7 +129,7 @@ def validate_rows(rows: Iterable[ManifestRow], *, source: str = "rows", check_fi
         where = f"{source}:{row.line or i}"
         errors += [f"{where}: {p}" for p in row_problems(row, check_files=check_files)]
     if errors:
-        raise ManifestError(_summarise(f"{source} has invalid rows", errors))
+        raise ManifestError(summarise_errors(f"{source} has invalid rows", errors))
 
 
 def row_problems(row: ManifestRow, *, check_files: bool = False) -> list[str]:
@@ -221,13 +236,6 @@ def _did_you_mean(name: str) -> str:
         return f" (did you mean {aliases[name.lower()]!r}?)"
     close = difflib.get_close_matches(str(name).lower(), DIMENSIONS, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _summarise(header: str, errors: list[str]) -> str:
-    shown = errors[:MAX_REPORTED_ERRORS]
-    more = len(errors) - len(shown)
-    tail = f"\n  ... and {more} more" if more else ""
-    return f"{header} ({len(errors)} problem{'s' * (len(errors) != 1)}):\n  " + "\n  ".join(shown) + tail
 
 
 def reference_of(row: ManifestRow) -> Path | None:

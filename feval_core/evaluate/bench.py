@@ -23,7 +23,6 @@ percentile bootstrap) and the rank; :func:`save_bench` writes it as CSV and Mark
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.manifest import json_lines
 from ..dimensions import DIMENSIONS
 from ..errors import ManifestError
 
@@ -83,14 +83,10 @@ def _read_prompt_files(folder: Path) -> dict[str, tuple[str | None, Path | None]
     table: dict[str, tuple[str | None, Path | None]] = {}
     jl = folder / "prompts.jsonl"
     if jl.is_file():
-        for n, line in enumerate(jl.read_text(encoding="utf-8-sig").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{jl}:{n}: invalid JSON ({exc.msg}); write one object per line like "
-                                    '{"image": "001.png", "prompt": "..."}') from exc
+        for n, obj, bad in json_lines(jl):
+            if bad:
+                raise ManifestError(f"{jl}:{n}: {bad}; write one object per line like "
+                                    '{"image": "001.png", "prompt": "..."}')
             if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
                 raise ManifestError(f'{jl}:{n}: each line needs "image" (file name or stem) and "prompt"')
             prompt = obj.get("prompt")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.manifest import json_lines, summarise_errors
 from ..errors import ManifestError
 from ..inputs.results import json_line
 
@@ -42,16 +43,12 @@ def read_video_manifest(path: str | os.PathLike[str], *, check_files: bool = Tru
     """Read and check a video manifest; every bad line is reported at once."""
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"{path}: no such manifest; write one with `feval import-fvq` or by hand (JSON Lines "
+        raise ManifestError(f"{path}: no such manifest; write one with `feval video import-fvq` or by hand (JSON Lines "
                             '{"video": ..., "mos": ...})')
     base, rows, errors = path.parent.resolve(), [], []
-    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            errors.append(f"line {n}: not JSON ({exc})")
+    for n, obj, bad in json_lines(path):
+        if bad:
+            errors.append(f"line {n}: {bad}")
             continue
         row, problem = _row(obj, base, n, check_files)
         if problem:
@@ -59,8 +56,7 @@ def read_video_manifest(path: str | os.PathLike[str], *, check_files: bool = Tru
         else:
             rows.append(row)
     if errors:
-        more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
-        raise ManifestError(f"{path}: {len(errors)} bad rows{more}:\n  " + "\n  ".join(errors[:20]))
+        raise ManifestError(summarise_errors(f"{path}: {len(errors)} bad rows", errors))
     if not rows:
         raise ManifestError(f"{path} has no rows")
     return rows
@@ -72,11 +68,7 @@ def manifest_kind(path: str | os.PathLike[str], *, expect: str | None = None) ->
     left to the manifest readers, which report them."""
     path = Path(path)
     first: dict[str, int] = {}
-    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            obj = json.loads(raw) if raw.strip() else None
-        except json.JSONDecodeError:
-            continue
+    for n, obj, _ in json_lines(path):
         if isinstance(obj, dict):
             first.setdefault("video" if "video" in obj else "image", n)
     if len(first) == 2:
