@@ -8,6 +8,7 @@ connect F-Eval scores to ``scores`` to threshold on both.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -107,8 +108,8 @@ class FaceUtility(io.ComfyNode):
             out = FEvalScores(torch.full((n, len(DIMENSIONS)), math.nan), (), list(res.faces), notes, METHOD,
                               utility=res.utility.clone())
         else:
-            out = FEvalScores(scores.values, scores.dims, scores.faces,
-                              [list(a) + b for a, b in zip(scores.notes, notes)], scores.method, list(scores.header),
-                              utility=res.utility.clone())
+            # every other field (the missing-score reasons totals use, the method, the range) passes on unchanged
+            out = dataclasses.replace(scores, notes=[list(a) + b for a, b in zip(scores.notes, notes)],
+                                      header=list(scores.header), utility=res.utility.clone())
         report = out.to_text()
         return io.NodeOutput([float(u) for u in res.utility], out, report, ui=ui.PreviewText(report))

@@ -150,6 +150,12 @@ def test_utility_node_and_thresholds_in_filter_and_pick(comfy, tiny_fiqa) -> Non
     with pytest.raises(ValueError, match="Face utility"):
         comfy.nodes["FEvalFilterByScore"].execute(batch, scores.subset([0, 1]).__class__(
             scores.values, scores.dims, scores.faces, scores.notes), min_utility=10.0)
+    # chained after "Score faces": the reasons totals use (a failed identity counts 0) pass through unchanged
+    reasons = [{"identity": "no face in the image"}, {}, {}, {"identity": "no face in the image"}]
+    scored = scores.__class__(scores.values, ("quality", "identity"), scores.faces, scores.notes, missing=reasons)
+    chained = node.execute(batch, "vit-fiqa", "cpu", scored).args[1]
+    assert chained.missing == reasons and chained.dims == ("quality", "identity")
+    assert torch.equal(chained.utility.nan_to_num(-1), scores.utility.nan_to_num(-1))
     with pytest.raises(PermissionError if False else ValueError, match="not a path"):
         node.execute(batch, "../outside", "cpu")
 
