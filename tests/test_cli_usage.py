@@ -50,6 +50,7 @@ BAD = [
     # -- score
     ("score-dims", _set(SCORE, "--dims", "quality,beauty"), "--dims quality,beauty: unknown dimension 'beauty'"),
     ("score-batch-size", _set(SCORE, "--batch-size", "0"), "--batch-size must be >= 1, got 0"),
+    ("score-fps-image", _set(SCORE, "--fps", "24"), "--fps is the frame rate of video frame folders"),
     ("score-workers", _set(SCORE, "--workers", "-1"), "--workers must be >= 0, got -1"),
     ("score-out-folder", _set(SCORE, "--out", "{imgs}"), "is a folder; give a file name such as"),
     ("score-out-in-a-file", _set(SCORE, "--out", "{img}/r.jsonl"), "is a file"),

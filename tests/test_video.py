@@ -75,6 +75,9 @@ def test_bad_video_corpus_through_the_cli_and_resume(video_ckpt, corpus, tmp_pat
 
     folder, expect = corpus
     out = tmp_path / "rows.jsonl"
+    assert main(["score", str(folder), "--model", str(video_ckpt), "--prefilter", "0",
+                 "--prefilter-model", str(tmp_path)]) == 2  # refused, not silently dropped
+    assert not out.exists()
     assert main(["score", str(folder), "--model", str(video_ckpt), "--out", str(out), "--workers", "0"]) == 1
     rows = read_results(out)
     _check_rows(rows, folder, expect)

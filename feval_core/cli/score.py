@@ -85,6 +85,8 @@ def check_score_args(args: argparse.Namespace) -> None:
         raise UsageError("under accelerate launch, feval score needs --out: the processes write their rows to "
                          "part files that are merged into it")
     check_image_folders(args.inputs, args.recursive)
+    if getattr(args, "fps", None) is not None:
+        raise UsageError("--fps is the frame rate of video frame folders: it needs a video checkpoint as --model")
     if args.prefilter is not None and args.prefilter_model is None:
         raise UsageError("--prefilter T needs --prefilter-model DIR (a folder from `feval fiqa prefilter train`)")
     check_folder("--prefilter-model", args.prefilter_model, "prefilter_config.json and forest.onnx")

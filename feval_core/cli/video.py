@@ -197,9 +197,9 @@ def score_videos_cli(args: argparse.Namespace) -> int:
     check_out_file("--out", args.out)
     check_min("--batch-size", args.batch_size)
     check_device(args.device)
-    for flag in ("prompt", "ref", "lq", "question", "dims", "fiqa"):
-        if getattr(args, flag, None):
-            raise UsageError(f"--{flag} does not apply to video scoring (the video checkpoint scores video_quality)")
+    for flag in ("prompt", "ref", "lq", "question", "dims", "fiqa", "prefilter", "prefilter_model"):
+        if getattr(args, flag, None) is not None and getattr(args, flag, None) != []:
+            raise UsageError(f"--{flag.replace('_', '-')} does not apply to video scoring (the video checkpoint scores video_quality)")
     scorer = VideoScorer.from_pretrained(args.model, device=args.device or "cpu", face_root=args.face_root,
                                          workers=args.workers)
     fps = getattr(args, "fps", None)

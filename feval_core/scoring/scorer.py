@@ -46,7 +46,7 @@ from .plan import (
     line_up,
     plan_questions,
 )
-from .prefilter import PrefilterPass, check_threshold, run_prefilter
+from .prefilter import PrefilterPass, check_threshold, run_prefilter, skipped
 from .result import ScoreResult, complete_missing
 
 logger = logging.getLogger(__name__)
@@ -244,8 +244,9 @@ class FEvalScorer:
                 return _Ready(index, item.name, error=str(exc))
             image = pad_to_aspect(loaded)  # for the VLM; faces are found in the image as given
             info = self.face_encoder.analyze(loaded) if self.face_encoder is not None else None
-            pixels = self.model.prepare_image(image, processor) if fast else None
             pre = run_prefilter(prefilter, [item], [info], None).values[0] if prefilter is not None else math.nan
+            needed = fast and not skipped([pre], prefilter_threshold)[0]  # a skipped face never reaches the LMM
+            pixels = self.model.prepare_image(image, processor) if needed else None
             return _Ready(index, item.name, image, None, info, pixels, pre)
 
         prefetcher = Prefetcher(chunked(range(n), batch_size), prepare, workers=workers, ahead=self.prefetch,
