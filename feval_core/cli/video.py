@@ -52,11 +52,12 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
-def _rows(manifest: str, split: str | None) -> list[tuple[Any, float]]:
+def _rows(manifest: str, split: str | None, rows: list[Any] | None = None) -> list[tuple[Any, float]]:
+    """(source, MOS) of the manifest's rows in ``split`` (all with None); ``rows``: the manifest already read."""
     from ..video.manifest import read_video_manifest
     from ..video.sources import VideoSource
 
-    rows = [r for r in read_video_manifest(manifest) if split is None or r.split == split]
+    rows = [r for r in (read_video_manifest(manifest) if rows is None else rows) if split is None or r.split == split]
     if not rows:
         raise UsageError(f"{manifest} has no rows{f' in split {split!r}' if split else ''}")
     return [(VideoSource("file", str(r.video), str(r.video)), r.mos) for r in rows]
@@ -125,8 +126,8 @@ def run_video_train(cfg: Any, manifest: str, out: str) -> int:
     manifest_kind(manifest, expect="video")
     rows = read_video_manifest(manifest)
     has_split = any(r.split for r in rows)
-    train = _rows(manifest, "train" if has_split else None)
-    val = _rows(manifest, "val") if any(r.split == "val" for r in rows) else []
+    train = _rows(manifest, "train" if has_split else None, rows)
+    val = _rows(manifest, "val", rows) if any(r.split == "val" for r in rows) else []
     face = (_load_face_encoder(cfg.feval_config(), None, process_device(cfg.device), cfg.face_root)
             if "face" in cfg.branches else None)
     res = train_video(cfg, train, val, out=out, face_encoder=face)
@@ -199,7 +200,8 @@ def score_videos_cli(args: argparse.Namespace) -> int:
     check_device(args.device)
     for flag in ("prompt", "ref", "lq", "question", "dims", "fiqa", "prefilter", "prefilter_model"):
         if getattr(args, flag, None) is not None and getattr(args, flag, None) != []:
-            raise UsageError(f"--{flag.replace('_', '-')} does not apply to video scoring (the video checkpoint scores video_quality)")
+            raise UsageError(f"--{flag.replace('_', '-')} does not apply to video scoring (the video checkpoint "
+                             "scores video_quality)")
     scorer = VideoScorer.from_pretrained(args.model, device=args.device or "cpu", face_root=args.face_root,
                                          workers=args.workers)
     fps = getattr(args, "fps", None)

@@ -17,16 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..data.manifest import json_lines, summarise_errors
+from ..data.splits import SPLITS, split_rows
 from ..errors import ManifestError
 from ..inputs.results import json_line
 
 NAME_COLUMNS = ("video", "video_name", "name", "filename", "file", "path")
 MOS_COLUMNS = ("mos", "score", "mos_score", "label")
 SPLIT_COLUMNS = ("split", "set", "subset")
-SPLITS = ("train", "val", "test")
 FVQ_FRACTIONS = (0.80, 0.05, 0.15)
 """FVQ-20K's split: 80% train, 5% validation, 15% test."""
 
@@ -172,9 +170,8 @@ def import_fvq(score_file: str | os.PathLike[str], videos: str | os.PathLike[str
 
 
 def _random_split(rows: list[VideoRow], seed: int) -> list[VideoRow]:
-    order = np.random.default_rng(seed).permutation(len(rows))
-    n_train = int(round(FVQ_FRACTIONS[0] * len(rows)))
-    n_val = int(round(FVQ_FRACTIONS[1] * len(rows)))
-    split = {int(i): "train" if k < n_train else "val" if k < n_train + n_val else "test"
-             for k, i in enumerate(order)}
-    return [VideoRow(r.video, r.mos, split[i], r.line) for i, r in enumerate(rows)]
+    """FVQ-20K's 80/5/15 split drawn with the image side's :func:`~feval_core.data.splits.split_rows` (every split
+    gets at least one clip), in the rows' order."""
+    parts = split_rows(rows, fractions=FVQ_FRACTIONS, seed=seed, by=None)  # type: ignore[arg-type]
+    split = {id(r): name for name, part in parts.items() for r in part}
+    return [VideoRow(r.video, r.mos, split[id(r)], r.line) for r in rows]
