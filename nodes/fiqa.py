@@ -43,12 +43,8 @@ def resolve_fiqa_model(name: str) -> Path:
 def _scorer(folder: str, device: str) -> FIQAScorer:
     from feval_core.fiqa.config import FIQAConfig
 
-    config = FIQAConfig.load(folder)
-    root = None
-    if not config.face.root:  # no pack of its own: the one in models/insightface
-        root = paths.face_pack_root(config.face.pack)
-        if root is None:
-            raise FileNotFoundError(paths.missing_pack_message(config.face.pack))
+    face = FIQAConfig.load(folder).face
+    root = None if face.root else paths.require_face_pack(face.pack)  # no pack of its own: models/insightface's
     return FIQAScorer.from_pretrained(folder, device=device, face_root=root)
 
 

@@ -30,12 +30,8 @@ WHAT = "landmark pre-filter"
 def _prefilter(folder: str) -> LandmarkPrefilter:
     from feval_core.fiqa.prefilter import PrefilterConfig
 
-    config = PrefilterConfig.load(folder)
-    root = None
-    if not config.face.root:
-        root = paths.face_pack_root(config.face.pack)
-        if root is None:
-            raise FileNotFoundError(paths.missing_pack_message(config.face.pack))
+    face = PrefilterConfig.load(folder).face
+    root = None if face.root else paths.require_face_pack(face.pack)  # no pack of its own: models/insightface's
     return LandmarkPrefilter.from_pretrained(folder, face_root=root)
 
 

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from feval_core.dimensions import DIMENSIONS, FAILED, NO_PROMPT, NO_REFERENCE, parse_dims
+from feval_core.dimensions import DIMENSIONS, FAILED, NO_FACE, NO_PROMPT, NO_REFERENCE, PREFILTERED, parse_dims
+from feval_core.faces.identity import NO_FACE_IN_IMAGE
 from feval_core.scoring.result import SCORE_FLOOR, faceless, judged_scores, weighted_mean
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -239,9 +240,9 @@ def image_reasons(res: ScoreResult, weights: Mapping[str, float], nan_reward: fl
         if res.errors[i]:
             out.append([f"{res.errors[i]}; reward = nan_reward={nan_reward}"])
             continue
-        why = [w for w in (res.warnings[i] if res.warnings else []) if w not in _NO_FACE_WARNINGS]
-        why += [f"{d} = 0: no face in the image although a reference was given" for d in dims
-                if missing.get(d) in FAILED]
+        # the scorer's no-face notes are said better below, with what they cost the reward
+        why = [w for w in (res.warnings[i] if res.warnings else []) if not w.startswith(NO_FACE_IN_IMAGE)]
+        why += [f"{d} = 0: {_FAILED_WHY.get(missing[d], missing[d])}" for d in dims if missing.get(d) in FAILED]
         why += [f"{d} not scored ({missing[d]}): left out of the mean" for d in dims
                 if missing.get(d) in (NO_PROMPT, NO_REFERENCE)]
         if faces_required and res.faces[i] == 0:
@@ -254,8 +255,8 @@ def image_reasons(res: ScoreResult, weights: Mapping[str, float], nan_reward: fl
     return out
 
 
-_NO_FACE_WARNINGS = frozenset({"no face detected in the image",
-                               "no face detected in the image; identity not scored"})  # said better above
+_FAILED_WHY = {NO_FACE: "no face in the image although a reference was given",
+               PREFILTERED: "the face was skipped by the pre-filter"}
 
 
 def feval_reward(

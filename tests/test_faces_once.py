@@ -131,7 +131,8 @@ def test_106_point_prefilter_has_the_scorer_add_landmarks(scorer, tiny_fiqa, ima
     import shutil
 
     from feval_core.faces.encoder import FaceEncoder
-    from feval_core.fiqa.landmarks import detect_faces, find_landmark_model
+    from feval_core.faces.landmark_model import find_landmark_model
+    from feval_core.fiqa.landmarks import detect_faces
     from feval_core.fiqa.prefilter import LandmarkPrefilter, PrefilterConfig, fit_forest
     from feval_core.model.config import FaceEncoderConfig
     from tests.test_fiqa_prefilter import _write_tiny_106_model

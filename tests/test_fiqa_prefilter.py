@@ -191,7 +191,8 @@ def _write_tiny_106_model(path: Path) -> np.ndarray:
 
 def test_106_point_prefilter_uses_the_packs_landmark_model(trained, tmp_path) -> None:
     from feval_core.faces.encoder import FaceEncoder
-    from feval_core.fiqa.landmarks import detect_faces, find_landmark_model
+    from feval_core.faces.landmark_model import find_landmark_model
+    from feval_core.fiqa.landmarks import detect_faces
     from feval_core.fiqa.prefilter import train_prefilter
     from feval_core.model.config import FaceEncoderConfig
     from feval_core.testing.facepack import write_tiny_face_pack

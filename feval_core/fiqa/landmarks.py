@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import FaceModelError
-from ..faces.landmark_model import find_landmark_model  # noqa: F401  (its home before faces/)
 
 TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
                      [70.7299, 92.2041]], np.float64)
