@@ -163,4 +163,5 @@ def test_a_server_stopped_mid_run_gives_clients_a_clear_error(server, faces):
     assert not any(t.is_alive() for t in threads), "a client hung on a stopped server"
     errors = [o for o in outcomes if isinstance(o, RemoteRewardError)]
     assert len(errors) == 4
-    assert all("did not answer after 3 tries" in str(e) and "feval serve" in str(e) for e in errors)
+    assert all("did not answer after 3 tries" in str(e) and "feval serve" in str(e) for e in errors), [
+        str(e) for e in errors]  # once in a full run under load one error read otherwise: the messages say which
